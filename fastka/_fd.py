@@ -1,0 +1,29 @@
+"""Turn a "sock" argument (socket, object with fileno(), or int fd) into an fd."""
+from __future__ import annotations
+
+
+def fd_of(sock: object, name: str = "sock") -> int:
+    """Return the file descriptor of ``sock``.
+
+    Raises TypeError for anything that is not an int fd or has no usable ``fileno()``,
+    ValueError for a negative fd.
+    """
+    if isinstance(sock, bool):
+        raise TypeError(f"{name} must be a socket, an object with fileno() or an int fd, not bool")
+    if isinstance(sock, int):
+        fd = sock
+    else:
+        fileno = getattr(sock, "fileno", None)
+        if fileno is None or not callable(fileno):
+            raise TypeError(
+                f"{name} must be a socket, an object with fileno() or an int fd, "
+                f"not {type(sock).__name__}"
+            )
+        fd = fileno()
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"{name}.fileno() must return an int, not {type(fd).__name__}")
+    if fd < 0:
+        raise ValueError(f"{name} is a negative fd ({fd}); a closed socket has fileno() -1")
+    if fd > 0x7FFFFFFF:
+        raise ValueError(f"{name} fd {fd} is out of range (0..2147483647)")
+    return fd

@@ -1,0 +1,75 @@
+"""Is the peer of a connected stream socket still there? (pure Python; mirrors src/liveness.c)"""
+from __future__ import annotations
+
+import errno
+import select
+import socket
+from typing import Tuple
+
+from ._types import Event
+
+POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+PEEK_EMPTY, PEEK_DATA, PEEK_EOF = 0, 1, 2
+
+
+def error_event(err: int) -> Event:
+    """ETIMEDOUT -> TIMED_OUT, ECONNRESET/EPIPE -> RESET, anything else -> ERROR."""
+    if err == errno.ETIMEDOUT:
+        return Event.TIMED_OUT
+    if err in (errno.ECONNRESET, errno.EPIPE):
+        return Event.RESET
+    return Event.ERROR
+
+
+def _borrow(fd: int) -> socket.socket:
+    """A socket object over ``fd`` that the caller must ``detach()``, never close."""
+    return socket.socket(fileno=fd)
+
+
+def pending_error(fd: int) -> int:
+    """SO_ERROR of ``fd`` (reading clears it), or the errno of the getsockopt itself."""
+    try:
+        s = _borrow(fd)
+    except OSError as exc:
+        return exc.errno or errno.EBADF
+    try:
+        return s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    finally:
+        s.detach()
+
+
+def peek(fd: int) -> int:
+    """PEEK_EMPTY / PEEK_DATA / PEEK_EOF for a one-byte MSG_PEEK, or -errno on failure."""
+    s = _borrow(fd)
+    try:
+        data = s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return PEEK_EMPTY
+    except OSError as exc:
+        return -(exc.errno or errno.EIO)
+    finally:
+        s.detach()
+    return PEEK_DATA if data else PEEK_EOF
+
+
+def liveness(fd: int) -> Tuple[int, int]:
+    """(0, 0) while alive, else (Event, errno) saying why the connection is dead.
+
+    Uses poll(POLLIN | POLLRDHUP) with a zero timeout: no data is consumed. Raises
+    OSError(EBADF) when ``fd`` is not open.
+    """
+    p = select.poll()
+    p.register(fd, select.POLLIN | POLLRDHUP)
+    revents = 0
+    for _, revents in p.poll(0):
+        pass
+    if revents & select.POLLNVAL:
+        raise OSError(errno.EBADF, f"fd {fd}: {errno.errorcode[errno.EBADF]}: not an open file descriptor")
+    if revents & (select.POLLERR | select.POLLHUP):
+        err = pending_error(fd)
+        return (error_event(err), err) if err else (Event.PEER_CLOSED, 0)
+    if revents & POLLRDHUP:
+        return Event.PEER_CLOSED, 0
+    return 0, 0
