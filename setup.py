@@ -10,18 +10,33 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# Each extension: its Cython module and the C files of src/ it links.
+# Each extension: its Cython module and the C files of src/ it links. The manager is
+# built on epoll, so only on Linux; elsewhere the package pairs the compiled keepalive
+# core with the selectors-based manager.
 EXTENSIONS = {
     "fastka._keepalive_c": ["fastka/_keepalive_c.pyx", "src/keepalive.c", "src/liveness.c"],
-    "fastka._manager_c": ["fastka/_manager_c.pyx", "src/manager.c", "src/liveness.c"],
 }
+if sys.platform.startswith("linux"):
+    EXTENSIONS["fastka._manager_c"] = [
+        "fastka/_manager_c.pyx",
+        "src/manager.c",
+        "src/keepalive.c",
+        "src/liveness.c",
+    ]
+LIBRARIES = ["ws2_32"] if sys.platform == "win32" else []
 
 
 def extensions():
     from Cython.Build import cythonize
 
     mods = [
-        Extension(name, sources, include_dirs=["src"], define_macros=[("_GNU_SOURCE", None)])
+        Extension(
+            name,
+            sources,
+            include_dirs=["src"],
+            define_macros=[("_GNU_SOURCE", None)],
+            libraries=LIBRARIES,
+        )
         for name, sources in EXTENSIONS.items()
     ]
     return cythonize(mods, language_level=3, compiler_directives={"binding": False})

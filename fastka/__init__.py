@@ -5,20 +5,31 @@ fallback. Set FASTKA_NO_EXTENSIONS to a non-empty value other than "0" to force 
 fallback. ``IMPLEMENTATION`` says which one this process uses.
 """
 import os
+import sys
 
 from ._config import KeepaliveConfig, system_defaults
 from ._types import Event, KeepaliveState, TcpInfo
 
 
 def _load_backend():
-    """Return (name, keepalive module, manager module) for this process."""
+    """Return (name, keepalive module, manager module) for this process.
+
+    The compiled manager is epoll-based and built only on Linux; elsewhere the compiled
+    keepalive core is paired with the selectors-based manager. Any import failure of a
+    compiled module that should be there means the whole pure-Python fallback.
+    """
     if os.environ.get("FASTKA_NO_EXTENSIONS", "") in ("", "0"):
         try:
-            from . import _keepalive_c, _manager_c
+            from . import _keepalive_c
+
+            if sys.platform.startswith("linux"):
+                from . import _manager_c as manager
+            else:
+                from . import _manager_py as manager
         except ImportError:
             pass
         else:
-            return "c", _keepalive_c, _manager_c
+            return "c", _keepalive_c, manager
     from . import _keepalive_py, _manager_py
 
     return "python", _keepalive_py, _manager_py
@@ -36,7 +47,7 @@ is_alive = _ka.is_alive
 find_dead = _ka.find_dead
 KeepaliveManager = _mgr.KeepaliveManager
 
-del os, _load_backend, _ka, _mgr
+del os, sys, _load_backend, _ka, _mgr
 
 __version__ = "0.1.0"
 __all__ = [
