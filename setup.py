@@ -14,7 +14,7 @@ from setuptools.command.build_ext import build_ext
 # built on epoll, so only on Linux; elsewhere the package pairs the compiled keepalive
 # core with the selectors-based manager.
 EXTENSIONS = {
-    "fastka._keepalive_c": ["fastka/_keepalive_c.pyx", "src/keepalive.c", "src/liveness.c"],
+    "fastka._keepalive_c": ["fastka/_keepalive_c.pyx", "src/keepalive.c", "src/liveness.c", "src/uring.c"],
 }
 if sys.platform.startswith("linux"):
     EXTENSIONS["fastka._manager_c"] = [
@@ -23,7 +23,12 @@ if sys.platform.startswith("linux"):
         "src/keepalive.c",
         "src/liveness.c",
     ]
-LIBRARIES = ["ws2_32"] if sys.platform == "win32" else []
+if sys.platform == "win32":
+    LIBRARIES = ["ws2_32"]
+elif sys.platform.startswith("sunos"):  # Solaris and illumos keep the socket calls apart
+    LIBRARIES = ["socket", "nsl"]
+else:
+    LIBRARIES = []
 
 
 def extensions():

@@ -4,11 +4,12 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from typing import Tuple
+from typing import Dict, Iterable, Tuple
 
 from ._types import Event
 
-POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+# POLLRDHUP (the peer shut its writing side) is Linux's; elsewhere a FIN is an empty peek.
+POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 PEEK_EMPTY, PEEK_DATA, PEEK_EOF = 0, 1, 2
 
 
@@ -73,3 +74,54 @@ def liveness(fd: int) -> Tuple[int, int]:
     if revents & POLLRDHUP:
         return Event.PEER_CLOSED, 0
     return 0, 0
+
+
+def dead_states(fds: Iterable[int]) -> Dict[int, int]:
+    """{fd: 1 dead / 0 alive / -EBADF not open} from one zero-timeout poll over ``fds``.
+
+    Dead is what fastka.is_alive calls dead: the peer sent FIN or RST, a keepalive or
+    user timeout fired, or an error is pending (POLLRDHUP, POLLHUP or POLLERR; where
+    there is no POLLRDHUP, a readable socket whose peek is empty). Neither data nor the
+    pending error is consumed. Mirrors fk_find_dead in src/liveness.c.
+    """
+    states: Dict[int, int] = {}
+    if not hasattr(select, "poll"):  # Windows: select() in chunks under its FD_SETSIZE
+        return _dead_states_select(fds)
+    p = select.poll()
+    for fd in fds:
+        if fd not in states:
+            p.register(fd, select.POLLIN | POLLRDHUP)
+            states[fd] = 0
+    for fd, revents in p.poll(0):
+        if revents & select.POLLNVAL:
+            states[fd] = -errno.EBADF
+        elif revents & (select.POLLERR | select.POLLHUP | POLLRDHUP):
+            states[fd] = 1
+        elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
+            states[fd] = 1
+    return states
+
+
+def _dead_states_select(fds: Iterable[int]) -> Dict[int, int]:
+    states = dict.fromkeys(fds, 0)
+    todo = list(states)
+    for base in range(0, len(todo), 500):
+        chunk = todo[base : base + 500]
+        try:
+            readable, _, broken = select.select(chunk, [], chunk, 0)
+        except OSError:  # one of them is not an open socket: find which, one at a time
+            readable, broken = [], []
+            for fd in chunk:
+                try:
+                    r, _, x = select.select([fd], [], [fd], 0)
+                except OSError:
+                    states[fd] = -errno.EBADF
+                    continue
+                readable += r
+                broken += x
+        for fd in broken:
+            states[fd] = 1
+        for fd in readable:
+            if peek(fd) != PEEK_DATA:
+                states[fd] = 1
+    return states

@@ -1,28 +1,288 @@
-"""Per-platform keepalive limits (first cut: H1 completes the option mapping tables)."""
+"""Which socket option sets each keepalive field on each platform, and the limits there.
+
+The same table as src/platform.h (tests/test_platform.py checks that they agree on the
+platform running the tests, and checks every row here everywhere). The fallback backend
+applies keepalive through :func:`plan`; KeepaliveConfig validates against
+``CURRENT.limits``.
+
+Python lacks some of these constants (macOS' TCP_KEEPALIVE before 3.10, TCP_KEEPINTVL and
+TCP_KEEPCNT before 3.10, TCP_RXT_CONNDROPTIME; Windows' TCP_KEEPIDLE/TCP_KEEPINTVL before
+3.12), so the numbers are written out here from the platforms' headers.
+"""
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Dict, List, Optional, Tuple
+
+IPPROTO_TCP = 6
+SOL_SOCKET = socket.SOL_SOCKET
+SO_KEEPALIVE = socket.SO_KEEPALIVE
+# mstcpip.h: _WSAIOW(IOC_VENDOR, 4); Python has it only on Windows.
+SIO_KEEPALIVE_VALS = getattr(socket, "SIO_KEEPALIVE_VALS", 0x98000004)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Inclusive ranges the platform accepts; seconds for idle/interval, ms for user_timeout."""
+    """Inclusive ranges the platform accepts; seconds for idle/interval, ms for user_timeout.
+
+    ``user_timeout_ms`` is None where the platform has no per-socket user timeout.
+    """
 
     idle: Tuple[int, int]
     interval: Tuple[int, int]
     count: Tuple[int, int]
-    user_timeout_ms: Tuple[int, int]
+    user_timeout_ms: Optional[Tuple[int, int]]
 
 
-LINUX = Limits(idle=(1, 32767), interval=(1, 32767), count=(1, 127), user_timeout_ms=(0, 2**31 - 1))
+@dataclass(frozen=True)
+class Option:
+    """One socket option: its name in the platform's headers, its number and unit."""
 
-LIMITS = LINUX if sys.platform.startswith("linux") else LINUX
+    name: str
+    number: int
+    unit: str  # "s", "ms" or "probes"
 
 
-def read_system_defaults() -> Tuple[int, int, int]:
-    """(idle, interval, count) the OS applies when a socket sets only SO_KEEPALIVE."""
-    base = "/proc/sys/net/ipv4/tcp_keepalive_"
-    with open(base + "time") as t, open(base + "intvl") as i, open(base + "probes") as p:
-        return int(t.read()), int(i.read()), int(p.read())
+@dataclass(frozen=True)
+class Platform:
+    """How one platform sets each keepalive field (IPPROTO_TCP options unless noted)."""
+
+    name: str  # sys.platform prefix: "linux", "darwin", "freebsd", "sunos", "win32"
+    title: str
+    idle: Option
+    interval: Option
+    count: Option
+    user_timeout: Optional[Option]
+    limits: Limits
+    # Windows before 10 1709: SIO_KEEPALIVE_VALS (idle and interval in ms, always both)
+    # and a probe count fixed at legacy_count.
+    legacy_ioctl: Optional[str] = None
+    legacy_count: Optional[int] = None
+
+
+LINUX = Platform(
+    "linux", "Linux",
+    idle=Option("TCP_KEEPIDLE", 4, "s"),
+    interval=Option("TCP_KEEPINTVL", 5, "s"),
+    count=Option("TCP_KEEPCNT", 6, "probes"),
+    user_timeout=Option("TCP_USER_TIMEOUT", 18, "ms"),
+    # include/net/tcp.h: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL 32767; MAX_TCP_KEEPCNT 127.
+    limits=Limits(idle=(1, 32767), interval=(1, 32767), count=(1, 127), user_timeout_ms=(0, 2**31 - 1)),
+)
+DARWIN = Platform(
+    "darwin", "macOS",
+    idle=Option("TCP_KEEPALIVE", 0x10, "s"),
+    interval=Option("TCP_KEEPINTVL", 0x101, "s"),
+    count=Option("TCP_KEEPCNT", 0x102, "probes"),
+    user_timeout=Option("TCP_RXT_CONNDROPTIME", 0x80, "s"),
+    # XNU: 0..UINT32_MAX / TCP_RETRANSHZ (1000) seconds, count an int32.
+    limits=Limits(idle=(1, 4294967), interval=(1, 4294967), count=(1, 2**31 - 1),
+                  user_timeout_ms=(0, 2147483000)),
+)
+FREEBSD = Platform(
+    "freebsd", "FreeBSD",
+    idle=Option("TCP_KEEPIDLE", 256, "s"),
+    interval=Option("TCP_KEEPINTVL", 512, "s"),
+    count=Option("TCP_KEEPCNT", 1024, "probes"),
+    user_timeout=None,
+    # tcp(4): seconds, at most UINT_MAX / hz (hz = 1000 by default).
+    limits=Limits(idle=(1, 4294967), interval=(1, 4294967), count=(1, 2**31 - 1), user_timeout_ms=None),
+)
+SUNOS = Platform(
+    "sunos", "Solaris/illumos",
+    idle=Option("TCP_KEEPIDLE", 0x22, "s"),
+    interval=Option("TCP_KEEPINTVL", 0x24, "s"),
+    count=Option("TCP_KEEPCNT", 0x23, "probes"),
+    user_timeout=None,
+    # tcp_keepalive_interval's range: 10 seconds to 10 days.
+    limits=Limits(idle=(10, 864000), interval=(1, 864000), count=(1, 2**31 - 1), user_timeout_ms=None),
+)
+WINDOWS = Platform(
+    "win32", "Windows",
+    idle=Option("TCP_KEEPIDLE", 3, "s"),
+    interval=Option("TCP_KEEPINTVL", 17, "s"),
+    count=Option("TCP_KEEPCNT", 16, "probes"),
+    user_timeout=Option("TCP_MAXRT", 5, "s"),
+    # SIO_KEEPALIVE_VALS holds ULONG milliseconds; fastka stays within INT_MAX ms.
+    limits=Limits(idle=(1, 2147483), interval=(1, 2147483), count=(1, 255), user_timeout_ms=(0, 2147483000)),
+    legacy_ioctl="SIO_KEEPALIVE_VALS",
+    legacy_count=10,
+)
+
+PLATFORMS: Dict[str, Platform] = {p.name: p for p in (LINUX, DARWIN, FREEBSD, SUNOS, WINDOWS)}
+
+
+def platform_for(name: str) -> Platform:
+    """The table for a ``sys.platform`` value ("linux", "darwin", "freebsd13", "sunos5", "win32")."""
+    for prefix, table in PLATFORMS.items():
+        if name.startswith(prefix):
+            return table
+    raise LookupError(f"fastka has no keepalive table for platform {name!r}; known: {', '.join(PLATFORMS)}")
+
+
+def _generic(name: str) -> Platform:
+    """A table for a platform fastka does not know: Python's own constants (-1 where
+    Python has none, so that the option call fails with an error naming the option),
+    no user timeout, and the narrowest limits of the known platforms."""
+
+    def option(opt: str, unit: str) -> Option:
+        return Option(opt, getattr(socket, opt, -1), unit)
+
+    return Platform(
+        name, name,
+        idle=option("TCP_KEEPIDLE", "s"),
+        interval=option("TCP_KEEPINTVL", "s"),
+        count=option("TCP_KEEPCNT", "probes"),
+        user_timeout=None,
+        limits=Limits(idle=(10, 32767), interval=(1, 32767), count=(1, 127), user_timeout_ms=None),
+    )
+
+
+def _current() -> Platform:
+    try:
+        return platform_for(sys.platform)
+    except LookupError:
+        return _generic(sys.platform)
+
+
+CURRENT: Platform = _current()
+LIMITS: Limits = CURRENT.limits
+
+
+def user_timeout_value(ms: int, table: Platform) -> int:
+    """fastka's milliseconds in the unit of ``table``'s user-timeout option (seconds round up)."""
+    assert table.user_timeout is not None
+    return -(-ms // 1000) if table.user_timeout.unit == "s" else ms
+
+
+def user_timeout_ms(value: int, table: Platform) -> int:
+    """The user-timeout option's read-back value in milliseconds."""
+    assert table.user_timeout is not None
+    return value * 1000 if table.user_timeout.unit == "s" else value
+
+
+# One step of applying keepalive: (option name, level, option number, value). The level
+# "ioctl" means sock.ioctl(SIO_KEEPALIVE_VALS, value) with value (onoff, idle ms, interval ms).
+Step = Tuple[str, object, int, object]
+
+
+def plan(
+    table: Platform,
+    idle: int,
+    interval: int,
+    count: int,
+    user_timeout_ms_: int,
+    *,
+    per_option: bool = True,
+    enable: bool = True,
+) -> List[Step]:
+    """The option calls that apply one config on ``table``'s platform, in order.
+
+    Fields < 0 are left alone (user_timeout_ms_ < 0 means None). The TCP options come
+    first, then SO_KEEPALIVE, as src/keepalive.c does. ``per_option=False`` is Windows
+    before 10 1709: SIO_KEEPALIVE_VALS with both idle and interval (the caller fills what
+    it was not given, see :func:`windows_fill`), and TCP_KEEPCNT only for a count other
+    than the fixed 10 (it fails before Windows 10 1703: an error, not an ignored field).
+    Raises OSError(ENOPROTOOPT) for user_timeout where the platform has none.
+    """
+    steps: List[Step] = []
+    if per_option or table.legacy_ioctl is None:
+        if idle >= 0:
+            steps.append((table.idle.name, IPPROTO_TCP, table.idle.number, idle))
+        if interval >= 0:
+            steps.append((table.interval.name, IPPROTO_TCP, table.interval.number, interval))
+        if count >= 0:
+            steps.append((table.count.name, IPPROTO_TCP, table.count.number, count))
+    else:
+        if idle < 0 or interval < 0:
+            raise ValueError(f"{table.legacy_ioctl} needs both idle and interval (got idle={idle}, interval={interval})")
+        steps.append((table.legacy_ioctl, "ioctl", 0, (1, idle * 1000, interval * 1000)))
+        if count >= 0 and count != table.legacy_count:
+            # Windows 10 1703..1708 has TCP_KEEPCNT without the other two; before 1703 this
+            # call fails and the error says so instead of the count being ignored.
+            steps.append((table.count.name, IPPROTO_TCP, table.count.number, count))
+    if user_timeout_ms_ > 0 or (user_timeout_ms_ == 0 and table.user_timeout is not None):
+        if table.user_timeout is None:
+            raise OSError(errno.ENOPROTOOPT, f"user_timeout cannot be set on {table.title}: it has no per-socket user timeout")
+        steps.append((table.user_timeout.name, IPPROTO_TCP, table.user_timeout.number,
+                      user_timeout_value(user_timeout_ms_, table)))
+    if enable:
+        steps.append(("SO_KEEPALIVE", SOL_SOCKET, SO_KEEPALIVE, 1))
+    return steps
+
+
+# Windows' SIO_KEEPALIVE_VALS zeroes what it is not given and cannot be read back, so
+# update_keepalive on that path fills the missing field from what fastka last set on the
+# socket (remembered per fd here, by both backends), else from the system defaults.
+_windows_last: Dict[int, Tuple[int, int]] = {}
+_windows_per_option: Optional[bool] = None
+
+
+def windows_per_option() -> bool:
+    """Whether this Windows takes TCP_KEEPIDLE/TCP_KEEPINTVL per option (10 1709+), found
+    out once by trying it on a fresh socket. Always True elsewhere."""
+    global _windows_per_option
+    if CURRENT is not WINDOWS:
+        return True
+    if _windows_per_option is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.setsockopt(IPPROTO_TCP, WINDOWS.idle.number, 7200)
+            except OSError:
+                _windows_per_option = False
+            else:
+                _windows_per_option = True
+    return _windows_per_option
+
+
+def windows_fill(fd: int, idle: int, interval: int) -> Tuple[int, int]:
+    """(idle, interval) for SIO_KEEPALIVE_VALS: a field < 0 comes from what fastka last set
+    on ``fd``, or from the system defaults when fastka never set it."""
+    last = _windows_last.get(fd)
+    if last is None:
+        d_idle, d_interval, _ = read_system_defaults(WINDOWS)
+        last = (d_idle, d_interval)
+    return (idle if idle >= 0 else last[0], interval if interval >= 0 else last[1])
+
+
+def windows_remember(fd: int, idle: int, interval: int) -> None:
+    _windows_last[fd] = (idle, interval)
+
+
+def read_system_defaults(table: Optional[Platform] = None) -> Tuple[int, int, int]:
+    """(idle, interval, count) the OS applies when a socket sets only SO_KEEPALIVE.
+
+    Linux: net.ipv4.tcp_keepalive_time / _intvl / _probes. Windows without per-option
+    support: the KeepAliveTime / KeepAliveInterval registry values (ms) or their defaults
+    (2 hours, 1 second) and 10 probes. Elsewhere: what a fresh TCP socket reads back.
+    """
+    table = table or CURRENT
+    if table is LINUX:
+        base = "/proc/sys/net/ipv4/tcp_keepalive_"
+        with open(base + "time") as t, open(base + "intvl") as i, open(base + "probes") as p:
+            return int(t.read()), int(i.read()), int(p.read())
+    if table is WINDOWS and not windows_per_option():
+        return _windows_registry_defaults()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return tuple(s.getsockopt(IPPROTO_TCP, o.number) for o in (table.idle, table.interval, table.count))  # type: ignore[return-value]
+
+
+def _windows_registry_defaults() -> Tuple[int, int, int]:
+    values = {"KeepAliveTime": 7_200_000, "KeepAliveInterval": 1000}  # documented defaults, ms
+    if sys.platform == "win32":
+        import winreg
+
+        try:
+            key = winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SYSTEM\CurrentControlSet\Services\Tcpip\Parameters")
+        except OSError:
+            key = None
+        for name in values:
+            if key is not None:
+                try:
+                    values[name] = int(winreg.QueryValueEx(key, name)[0])
+                except OSError:
+                    pass
+    return -(-values["KeepAliveTime"] // 1000), -(-values["KeepAliveInterval"] // 1000), WINDOWS.legacy_count or 10

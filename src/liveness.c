@@ -1,11 +1,40 @@
+/* Liveness of a connected stream socket from poll(2), recv(MSG_PEEK) and SO_ERROR; see
+ * liveness.h. Windows uses WSAPoll, which has no POLLRDHUP: there a FIN shows as
+ * POLLHUP only once both directions are shut, and fk_peek must be called only when
+ * poll reported the socket readable (Windows has no MSG_DONTWAIT). */
 #include "liveness.h"
 
 #include <errno.h>
+
+#if defined(_WIN32)
+#include <winsock2.h>
+#define FK_SOCK(fd) ((SOCKET)(unsigned int)(fd))
+#define FK_ERRNO() WSAGetLastError()
+#define FK_EINTR WSAEINTR
+#define FK_WOULDBLOCK(e) ((e) == WSAEWOULDBLOCK)
+#define FK_EBADF WSAENOTSOCK
+#define poll(p, n, t) WSAPoll((p), (ULONG)(n), (t))
+#define MSG_DONTWAIT 0
+typedef int socklen_t;
+#else
 #include <poll.h>
 #include <sys/socket.h>
+#define FK_SOCK(fd) (fd)
+#define FK_ERRNO() errno
+#define FK_EINTR EINTR
+#define FK_WOULDBLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
+#define FK_EBADF EBADF
+#endif
 
+#if defined(__linux__)
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#endif
+
+/* POLLRDHUP (peer shut its writing side) is Linux's; elsewhere a FIN is seen by peeking. */
 #ifndef POLLRDHUP
-#define POLLRDHUP 0x2000
+#define POLLRDHUP 0
 #endif
 
 int fk_error_event(int err)
@@ -26,41 +55,55 @@ int fk_pending_error(int fd)
     int err = 0;
     socklen_t len = sizeof err;
 
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-        return errno;
+    if (getsockopt(FK_SOCK(fd), SOL_SOCKET, SO_ERROR, (char *)&err, &len) != 0)
+        return FK_ERRNO();
     return err;
 }
 
 int fk_peek(int fd)
 {
     char byte;
-    ssize_t n;
+    int n, err;
 
-    do
-        n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
+    do {
+        n = (int)recv(FK_SOCK(fd), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        err = n < 0 ? FK_ERRNO() : 0;
+    } while (n < 0 && err == FK_EINTR);
     if (n > 0)
         return FK_PEEK_DATA;
     if (n == 0)
         return FK_PEEK_EOF;
-    if (errno == EAGAIN || errno == EWOULDBLOCK)
+    if (FK_WOULDBLOCK(err))
         return FK_PEEK_EMPTY;
-    return -errno;
+    return -err;
+}
+
+/* One zero-timeout poll over p[0..n), retried on EINTR: the count, or -errno. */
+static int poll_now(struct pollfd *p, size_t n)
+{
+    int rc, err;
+
+    do {
+        rc = poll(p, n, 0);
+        err = rc < 0 ? FK_ERRNO() : 0;
+    } while (rc < 0 && err == FK_EINTR);
+    return rc < 0 ? -err : rc;
 }
 
 int fk_liveness(int fd, int *err)
 {
-    struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+    struct pollfd p;
     int n;
 
+    p.fd = FK_SOCK(fd);
+    p.events = POLLIN | POLLRDHUP;
+    p.revents = 0;
     *err = 0;
-    do
-        n = poll(&p, 1, 0);
-    while (n < 0 && errno == EINTR);
+    n = poll_now(&p, 1);
     if (n < 0)
-        return -errno;
+        return n;
     if (p.revents & POLLNVAL)
-        return -EBADF;
+        return -FK_EBADF;
     if (p.revents & (POLLERR | POLLHUP)) {
         *err = fk_pending_error(fd);
         if (*err)
@@ -70,4 +113,70 @@ int fk_liveness(int fd, int *err)
     if (p.revents & POLLRDHUP)
         return FK_EV_PEER_CLOSED;
     return FK_EV_NONE;
+}
+
+/* poll(2) refuses more fds than RLIMIT_NOFILE; chunks keep every call well below it. */
+#define FK_POLL_CHUNK 512
+
+long fk_find_dead(const int *fds, size_t n, int *dead)
+{
+    struct pollfd p[FK_POLL_CHUNK];
+    size_t base, i, m;
+    long ndead = 0;
+    int rc;
+
+    for (base = 0; base < n; base += m) {
+        m = n - base < FK_POLL_CHUNK ? n - base : FK_POLL_CHUNK;
+        for (i = 0; i < m; i++) {
+            p[i].fd = FK_SOCK(fds[base + i]);
+            p[i].events = POLLIN | POLLRDHUP;
+            p[i].revents = 0;
+        }
+        rc = poll_now(p, m);
+        if (rc < 0)
+            return rc;
+        for (i = 0; i < m; i++) {
+            short r = p[i].revents;
+
+            if (r & POLLNVAL)
+                dead[base + i] = -FK_EBADF;
+            else if (r & (POLLRDHUP | POLLHUP | POLLERR))
+                dead[base + i] = 1;
+            else if (!POLLRDHUP && (r & POLLIN) && fk_peek(fds[base + i]) == FK_PEEK_EOF)
+                dead[base + i] = 1; /* no POLLRDHUP: a FIN is an empty read */
+            else
+                dead[base + i] = 0;
+            ndead += dead[base + i] == 1;
+        }
+    }
+    return ndead;
+}
+
+int fk_get_tcp_info(int fd, struct fk_tcp_info *info)
+{
+#if defined(__linux__)
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+
+    memset(&ti, 0, sizeof ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+        return -errno;
+    info->state = ti.tcpi_state;
+    info->retransmits = ti.tcpi_retransmits;
+    info->probes = ti.tcpi_probes;
+    info->backoff = ti.tcpi_backoff;
+    info->rtt_us = ti.tcpi_rtt;
+    info->rttvar_us = ti.tcpi_rttvar;
+    info->last_data_recv_ms = ti.tcpi_last_data_recv;
+    info->last_data_sent_ms = ti.tcpi_last_data_sent;
+    info->last_ack_recv_ms = ti.tcpi_last_ack_recv;
+    info->unacked = ti.tcpi_unacked;
+    info->lost = ti.tcpi_lost;
+    info->total_retrans = ti.tcpi_total_retrans;
+    return 0;
+#else
+    (void)fd;
+    (void)info;
+    return -ENOPROTOOPT;
+#endif
 }

@@ -2,6 +2,8 @@
 #ifndef FASTKA_LIVENESS_H
 #define FASTKA_LIVENESS_H
 
+#include <stddef.h>
+
 #include "events.h"
 
 /* The event for a socket error: ETIMEDOUT -> TIMED_OUT, ECONNRESET/EPIPE -> RESET,
@@ -23,5 +25,25 @@ int fk_peek(int fd);
  * FK_EV_ERROR, with the socket error in *err (0 for PEER_CLOSED). Unread data is left
  * in place. Returns -errno (e.g. -EBADF) when fd cannot be polled at all. */
 int fk_liveness(int fd, int *err);
+
+/* Whether each of fds[0..n) is dead in the sense of fastka.is_alive: the peer sent FIN
+ * or RST, a keepalive or user timeout fired, or an error is pending (POLLRDHUP, POLLHUP or
+ * POLLERR from one zero-timeout poll(2) per chunk of fds). Neither data nor the pending
+ * error is consumed. dead[i] = 1 (dead), 0 (alive) or -EBADF (fds[i] is not open).
+ * Returns the number of dead fds, or -errno when poll itself fails. */
+long fk_find_dead(const int *fds, size_t n, int *dead);
+
+/* The fields of Linux's struct tcp_info that fastka.TcpInfo reports, in the kernel's
+ * units (rtt in microseconds, last_* in milliseconds). */
+struct fk_tcp_info {
+    unsigned state, retransmits, probes, backoff;
+    unsigned rtt_us, rttvar_us;
+    unsigned last_data_recv_ms, last_data_sent_ms, last_ack_recv_ms;
+    unsigned unacked, lost, total_retrans;
+};
+
+/* getsockopt(TCP_INFO) into *info: 0, or -errno. An older kernel's shorter struct leaves
+ * the fields it lacks at 0. -ENOPROTOOPT where the platform has no Linux TCP_INFO. */
+int fk_get_tcp_info(int fd, struct fk_tcp_info *info);
 
 #endif

@@ -128,3 +128,41 @@ class DeadPeerLink:
     def cut(self) -> None:
         """Take the server's end of the link down: the peer stops answering."""
         _ip("-n", self.server_ns, "link", "set", self.tag + "s", "down")
+
+
+def failure_times(socks, timeout: float, start: float) -> dict:
+    """{sock: seconds from ``start`` (time.monotonic()) until poll(2) reported it failed
+    (POLLERR/POLLHUP)} for the members of ``socks`` that failed within ``timeout`` of
+    ``start``. Consumes neither data nor the pending error."""
+    import select
+    import time
+
+    by_fd = {s.fileno(): s for s in socks}
+    p = select.poll()
+    for fd in by_fd:
+        p.register(fd, 0)  # POLLERR and POLLHUP are always reported
+    failed = {}
+    while len(failed) < len(by_fd):
+        left = start + timeout - time.monotonic()
+        if left <= 0:
+            break
+        for fd, _ in p.poll(min(left, 0.05) * 1000):
+            failed[by_fd[fd]] = time.monotonic() - start
+            p.unregister(fd)
+    return failed
+
+
+def pin_neighbours(link: DeadPeerLink) -> None:
+    """Permanent ARP entries on both ends of ``link``: after ``cut()`` the packets are
+    simply lost, as behind a router, and the kernel never reports a neighbour failure
+    (EHOSTUNREACH as a soft error, which would replace ETIMEDOUT)."""
+    import json
+
+    ends = ((link.server_ns, link.tag + "s", SERVER_ADDR), (link.client_ns, link.tag + "c", CLIENT_ADDR))
+    macs = {}
+    for ns, dev, _ in ends:
+        out = subprocess.run(["ip", "-n", ns, "-j", "link", "show", dev], check=True,
+                             capture_output=True, text=True, timeout=10).stdout
+        macs[dev] = json.loads(out)[0]["address"]
+    for (ns, dev, _), (_, peer_dev, peer_addr) in zip(ends, reversed(ends)):
+        _ip("-n", ns, "neigh", "replace", peer_addr, "lladdr", macs[peer_dev], "dev", dev, "nud", "permanent")

@@ -1,0 +1,33 @@
+"""Scenario 3 of issue 4: find_dead over N pooled connections, 1% of them dead (their
+peers closed), next to a loop of the fallback's is_alive and one bare poll(2) in C."""
+from __future__ import annotations
+
+import pytest
+from conftest import BACKENDS, keepalive_module
+
+
+@pytest.fixture(scope="module")
+def dead(pool):
+    """pool with the peers of every 100th connection closed; the dead sockets."""
+    idx = list(range(0, pool.n, 100))
+    pool.close_peers(idx)
+    return [pool.socks[i] for i in idx]
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_find_dead(benchmark, pool, dead, impl):
+    mod = keepalive_module(impl)
+    benchmark.group = f"find_dead N={pool.n}"
+    assert benchmark(mod.find_dead, pool.socks) == dead
+
+
+def test_is_alive_loop(benchmark, pool, dead):
+    is_alive = keepalive_module("fallback").is_alive
+    benchmark.group = f"find_dead N={pool.n}"
+    assert benchmark(lambda: [s for s in pool.socks if not is_alive(s)]) == dead
+
+
+def test_find_dead_floor(benchmark, pool, dead, floor):
+    fds = floor.fds(pool.socks)
+    benchmark.group = f"find_dead N={pool.n}"
+    assert benchmark(floor.lib.floor_find_dead, fds, pool.n) == len(dead)

@@ -1,0 +1,32 @@
+# Declarations of the manager core (src/manager.h) for fastka/_manager_c.pyx.
+from libc.stdint cimport int64_t, uint32_t
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        int fd
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+
+cdef extern from "manager.h" nogil:
+    struct fk_manager:
+        int epfd
+        int wakefd
+        uint32_t count
+        uint32_t ndraining
+
+    int fk_mgr_init(fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t max_requests, int watch)
+    void fk_mgr_destroy(fk_manager *m)
+    int64_t fk_mgr_now()
+    int fk_mgr_has(const fk_manager *m, int fd)
+    int fk_mgr_add(fk_manager *m, int fd, int64_t now)
+    int fk_mgr_remove(fk_manager *m, int fd)
+    int fk_mgr_touch(fk_manager *m, int fd, int64_t now)
+    int64_t fk_mgr_earliest(const fk_manager *m)
+    int fk_mgr_wait(fk_manager *m, epoll_event *evs, int n, int timeout_ms)
+    void fk_mgr_wake(fk_manager *m)
+    void fk_mgr_drain_wake(fk_manager *m)
+    int fk_mgr_classify(fk_manager *m, int fd, uint32_t events, int64_t now)
+    int fk_mgr_queued(const fk_manager *m)
+    int fk_mgr_draining(const fk_manager *m, int *fds, int n)
+    int fk_mgr_next_expired(const fk_manager *m, int64_t now, int *event)

@@ -1,0 +1,68 @@
+"""`fastka info`: the backend in use, the kernel's keepalive defaults and what they mean,
+io_uring socket commands, the open-file limit."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Idle timeouts after which common middleboxes drop a silent TCP connection (seconds).
+MIDDLEBOXES = (("AWS NLB", 350), ("Azure Load Balancer", 240), ("GCP load balancers", 600))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`fastka info` takes no options."""
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60} s"
+    return f"{seconds:g} s"
+
+
+def run(args: argparse.Namespace) -> int:
+    import fastka
+
+    out = sys.stdout
+    out.write(f"fastka {fastka.__version__}, backend: {fastka.IMPLEMENTATION}"
+              f" ({'compiled C core' if fastka.IMPLEMENTATION == 'c' else 'pure-Python fallback'})\n")
+    try:
+        d = fastka.system_defaults()
+    except OSError as exc:
+        out.write(f"kernel keepalive defaults: unreadable ({exc})\n")
+    else:
+        out.write(
+            f"kernel keepalive defaults: idle={d.idle} s, interval={d.interval} s, count={d.count}\n"
+            f"  a silent peer is detected after idle + interval * count = {d.detection_time:g} s"
+            f" ({_duration(d.detection_time)}), on sockets that enable SO_KEEPALIVE\n"
+        )
+        shortest = min(t for _, t in MIDDLEBOXES)
+        if d.idle >= shortest:
+            boxes = ", ".join(f"{name} {_duration(t)}" for name, t in MIDDLEBOXES if d.idle >= t)
+            sugg = fastka.KeepaliveConfig.within(shortest)
+            out.write(
+                f"  warning: the first probe ({d.idle} s) comes after typical middlebox idle"
+                f" timeouts ({boxes}): idle connections through them are dropped silently.\n"
+                f"  use e.g. KeepaliveConfig.within({shortest}) -> {sugg!r}\n"
+            )
+    if fastka.IMPLEMENTATION == "c":
+        from . import _keepalive_c
+
+        out.write(f"io_uring socket commands: {_keepalive_c.uring_status()}\n")
+    else:
+        out.write("io_uring socket commands: not used by the pure-Python backend\n")
+    try:
+        import resource
+    except ImportError:
+        out.write("open-file limit: not available on this platform\n")
+    else:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+        def fmt(v: int) -> str:
+            return "unlimited" if v == resource.RLIM_INFINITY else str(v)
+
+        out.write(f"open-file limit: {fmt(soft)} (hard {fmt(hard)})"
+                  " -- each connection uses one fd\n")
+    return 0

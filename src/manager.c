@@ -1,0 +1,278 @@
+/* The connection manager's core; see manager.h. */
+#include "manager.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "liveness.h"
+
+#define LINKS(name, p, n) \
+    static void name##_unlink(struct fk_manager *m, struct fk_list *l, int32_t fd) { \
+        struct fk_slot *s = &m->slots[fd]; \
+        if (s->p != FK_NIL) m->slots[s->p].n = s->n; else l->head = s->n; \
+        if (s->n != FK_NIL) m->slots[s->n].p = s->p; else l->tail = s->p; \
+        s->p = s->n = FK_NIL; \
+    } \
+    static void name##_append(struct fk_manager *m, struct fk_list *l, int32_t fd) { \
+        struct fk_slot *s = &m->slots[fd]; \
+        s->p = l->tail; s->n = FK_NIL; \
+        if (l->tail != FK_NIL) m->slots[l->tail].n = fd; else l->head = fd; \
+        l->tail = fd; \
+    }
+
+LINKS(idle, iprev, inext)
+LINKS(life, lprev, lnext)
+LINKS(queue, qprev, qnext)
+
+int64_t fk_mgr_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t max_requests, int watch)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    memset(m, 0, sizeof *m);
+    m->idle.head = m->idle.tail = m->life.head = m->life.tail = FK_NIL;
+    m->queue.head = m->queue.tail = FK_NIL;
+    m->idle_ms = idle_ms;
+    m->life_ms = life_ms;
+    m->max_requests = max_requests;
+    m->watch = watch;
+    m->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (m->epfd < 0)
+        return -errno;
+    m->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (m->wakefd < 0) {
+        int err = errno;
+        close(m->epfd);
+        return -err;
+    }
+    ev.data.fd = m->wakefd;
+    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, m->wakefd, &ev) < 0) {
+        int err = errno;
+        close(m->wakefd);
+        close(m->epfd);
+        return -err;
+    }
+    return 0;
+}
+
+void fk_mgr_destroy(struct fk_manager *m)
+{
+    close(m->wakefd);
+    close(m->epfd);
+    free(m->slots);
+    m->slots = NULL;
+    m->cap = 0;
+    m->count = 0;
+}
+
+int fk_mgr_has(const struct fk_manager *m, int fd)
+{
+    return fd >= 0 && fd < m->cap && m->slots[fd].used;
+}
+
+static int grow(struct fk_manager *m, int fd)
+{
+    int32_t cap = m->cap ? m->cap : 64;
+    struct fk_slot *s;
+    while (cap <= fd)
+        cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
+    s = realloc(m->slots, (size_t)cap * sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    memset(s + m->cap, 0, (size_t)(cap - m->cap) * sizeof *s);
+    m->slots = s;
+    m->cap = cap;
+    return 0;
+}
+
+int fk_mgr_add(struct fk_manager *m, int fd, int64_t now)
+{
+    struct epoll_event ev = {.events = (m->watch ? EPOLLIN : 0) | EPOLLRDHUP, .data.fd = fd};
+    struct fk_slot *s;
+    if (fd >= m->cap && grow(m, fd) < 0)
+        return -ENOMEM;
+    s = &m->slots[fd];
+    if (s->used)
+        return -EEXIST;
+    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    memset(s, 0, sizeof *s);
+    s->used = 1;
+    s->last = s->born = now;
+    s->seq = ++m->seq;
+    s->qprev = s->qnext = FK_NIL;
+    idle_append(m, &m->idle, fd);
+    life_append(m, &m->life, fd);
+    m->count++;
+    return 0;
+}
+
+int fk_mgr_remove(struct fk_manager *m, int fd)
+{
+    struct fk_slot *s;
+    if (!fk_mgr_has(m, fd))
+        return -ENOENT;
+    s = &m->slots[fd];
+    idle_unlink(m, &m->idle, fd);
+    life_unlink(m, &m->life, fd);
+    if (s->queued)
+        queue_unlink(m, &m->queue, fd);
+    if (s->draining)
+        m->ndraining--;
+    s->used = s->queued = s->draining = 0;
+    m->count--;
+    /* ENOENT/EBADF when the fd was closed (and maybe reused) behind our back: fine. */
+    epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, NULL);
+    return 0;
+}
+
+int fk_mgr_touch(struct fk_manager *m, int fd, int64_t now)
+{
+    struct fk_slot *s;
+    if (!fk_mgr_has(m, fd))
+        return -ENOENT;
+    s = &m->slots[fd];
+    s->last = now;
+    idle_unlink(m, &m->idle, fd);
+    idle_append(m, &m->idle, fd);
+    if (s->requests < UINT32_MAX)
+        s->requests++;
+    if (m->max_requests && s->requests >= m->max_requests && !s->queued) {
+        s->queued = 1;
+        queue_append(m, &m->queue, fd);
+        return 1;
+    }
+    return 0;
+}
+
+int64_t fk_mgr_earliest(const struct fk_manager *m)
+{
+    int64_t best = INT64_MAX;
+    if (m->queue.head != FK_NIL)
+        return INT64_MIN;
+    if (m->idle_ms >= 0 && m->idle.head != FK_NIL)
+        best = m->slots[m->idle.head].last + m->idle_ms;
+    if (m->life_ms >= 0 && m->life.head != FK_NIL && m->slots[m->life.head].born + m->life_ms < best)
+        best = m->slots[m->life.head].born + m->life_ms;
+    return best;
+}
+
+int fk_mgr_wait(struct fk_manager *m, struct epoll_event *evs, int n, int timeout_ms)
+{
+    int r = epoll_wait(m->epfd, evs, n, timeout_ms);
+    return r < 0 ? -errno : r;
+}
+
+void fk_mgr_wake(struct fk_manager *m)
+{
+    uint64_t one = 1;
+    ssize_t r = write(m->wakefd, &one, sizeof one); /* EAGAIN: a wake-up is pending */
+    (void)r;
+}
+
+void fk_mgr_drain_wake(struct fk_manager *m)
+{
+    uint64_t v;
+    ssize_t r = read(m->wakefd, &v, sizeof v);
+    (void)r;
+}
+
+int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now)
+{
+    struct fk_slot *s = &m->slots[fd];
+    int p;
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        int err = fk_pending_error(fd);
+        if (err)
+            return fk_error_event(err);
+    }
+    p = fk_peek(fd);
+    if (p < 0)
+        return fk_error_event(-p);
+    if (p == FK_PEEK_EOF)
+        return FK_EV_PEER_CLOSED;
+    if (p == FK_PEEK_DATA) {
+        if (m->watch) {
+            s->last = now;
+            idle_unlink(m, &m->idle, fd);
+            idle_append(m, &m->idle, fd);
+            return FK_EV_READABLE;
+        }
+        /* A FIN behind data someone else reads: wait for the reads, polled by the caller. */
+        if (events & (EPOLLRDHUP | EPOLLHUP) && !s->draining) {
+            struct epoll_event ev = {.events = 0, .data.fd = fd};
+            s->draining = 1;
+            m->ndraining++;
+            epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev);
+        }
+        return FK_EV_NONE;
+    }
+    if (events & (EPOLLERR | EPOLLHUP))
+        return events & EPOLLERR ? FK_EV_ERROR : FK_EV_PEER_CLOSED;
+    return FK_EV_NONE;
+}
+
+int fk_mgr_queued(const struct fk_manager *m)
+{
+    return m->queue.head;
+}
+
+int fk_mgr_draining(const struct fk_manager *m, int *fds, int n)
+{
+    int k = 0;
+    for (int32_t fd = 0; fd < m->cap && k < n && (uint32_t)k < m->ndraining; fd++)
+        if (m->slots[fd].used && m->slots[fd].draining)
+            fds[k++] = fd;
+    return k;
+}
+
+static int before(int64_t d1, uint32_t q1, int k1, int64_t d2, uint32_t q2, int k2)
+{
+    if (d1 != d2)
+        return d1 < d2;
+    if (q1 != q2)
+        return q1 < q2;
+    return k1 < k2;
+}
+
+int fk_mgr_next_expired(const struct fk_manager *m, int64_t now, int *event)
+{
+    int32_t best = FK_NIL, fd;
+    int64_t bd = 0;
+    int bk = 0;
+    if (m->life_ms >= 0 && m->life.head != FK_NIL) {
+        fd = m->life.head;
+        if (m->slots[fd].born + m->life_ms <= now) {
+            best = fd;
+            bd = m->slots[fd].born + m->life_ms;
+        }
+    }
+    if (m->idle_ms >= 0) {
+        /* the first idle-expired connection whose lifetime is not also over */
+        for (fd = m->idle.head; fd != FK_NIL; fd = m->slots[fd].inext) {
+            const struct fk_slot *s = &m->slots[fd];
+            if (s->last + m->idle_ms > now)
+                break;
+            if (m->life_ms >= 0 && s->born + m->life_ms <= now)
+                continue;
+            if (best == FK_NIL || before(s->last + m->idle_ms, s->seq, 1, bd, m->slots[best].seq, bk)) {
+                best = fd;
+                bk = 1;
+            }
+            break;
+        }
+    }
+    if (best == FK_NIL)
+        return -1;
+    *event = bk ? FK_EV_IDLE : FK_EV_MAX_LIFETIME;
+    return best;
+}

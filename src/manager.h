@@ -1,0 +1,67 @@
+/* The connection manager's core: one epoll set, per-fd slots in a flat array, and
+ * intrusive doubly linked lists ordered by last activity (idle expiry), by insertion
+ * (max_lifetime) and by the touch that reached max_requests. Times are milliseconds of
+ * CLOCK_MONOTONIC (or of whatever clock the caller passes in). Not thread-safe: the
+ * caller serialises calls (the Cython binding does, under the GIL). */
+#ifndef FASTKA_MANAGER_H
+#define FASTKA_MANAGER_H
+
+#include <stdint.h>
+#include <sys/epoll.h>
+
+#include "events.h"
+
+#define FK_NIL (-1)
+
+struct fk_slot {              /* 56 bytes */
+    int32_t iprev, inext;     /* idle list: by last activity */
+    int32_t lprev, lnext;     /* lifetime list: by insertion */
+    int32_t qprev, qnext;     /* max_requests reached, awaiting poll */
+    int64_t last, born;       /* ms */
+    uint32_t seq, requests;
+    uint8_t used, queued, draining;
+};
+
+struct fk_list { int32_t head, tail; };
+
+struct fk_manager {
+    int epfd, wakefd;
+    struct fk_slot *slots;
+    int32_t cap;
+    uint32_t count, seq, ndraining;
+    struct fk_list idle, life, queue;
+    int64_t idle_ms, life_ms; /* -1: never */
+    uint32_t max_requests;    /* 0: unlimited */
+    int watch;                /* EPOLLIN interest */
+};
+
+/* 0 or -errno. idle_ms/life_ms -1 for never, max_requests 0 for unlimited. */
+int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t max_requests, int watch);
+void fk_mgr_destroy(struct fk_manager *m);
+int64_t fk_mgr_now(void);                      /* CLOCK_MONOTONIC in ms */
+int fk_mgr_has(const struct fk_manager *m, int fd);
+/* 0, -EEXIST, -ENOMEM or the epoll_ctl -errno. */
+int fk_mgr_add(struct fk_manager *m, int fd, int64_t now);
+/* Forget fd (and take it out of the epoll set, ignoring errors): 0 or -ENOENT. */
+int fk_mgr_remove(struct fk_manager *m, int fd);
+/* 1 when this touch reached max_requests, 0 otherwise, -ENOENT. */
+int fk_mgr_touch(struct fk_manager *m, int fd, int64_t now);
+/* The earliest deadline in ms; INT64_MIN when a MAX_REQUESTS is queued; INT64_MAX none. */
+int64_t fk_mgr_earliest(const struct fk_manager *m);
+/* epoll_wait (call without the GIL): number of events or -errno. */
+int fk_mgr_wait(struct fk_manager *m, struct epoll_event *evs, int n, int timeout_ms);
+/* Wake a blocked fk_mgr_wait; drain the wake-up (fk_mgr_wait's caller, on wakefd). */
+void fk_mgr_wake(struct fk_manager *m);
+void fk_mgr_drain_wake(struct fk_manager *m);
+/* The event for a ready fd (FK_EV_NONE: nothing to report; it may then be muted as
+ * draining). A READABLE restarts the idle clock. */
+int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now);
+/* The first queued MAX_REQUESTS fd, or -1. */
+int fk_mgr_queued(const struct fk_manager *m);
+/* Fill fds[0..n) with the draining fds; returns how many (at most n). */
+int fk_mgr_draining(const struct fk_manager *m, int *fds, int n);
+/* The next expired connection at `now`: its fd with *event IDLE or MAX_LIFETIME, in
+ * (deadline, insertion) order; -1 when none. The slot stays until fk_mgr_remove. */
+int fk_mgr_next_expired(const struct fk_manager *m, int64_t now, int *event);
+
+#endif

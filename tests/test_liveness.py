@@ -1,0 +1,163 @@
+"""tcp_info, is_alive and find_dead on loopback: live, live with unread data, after a FIN,
+after a reset (SO_LINGER 0). The keepalive-timeout case needs a vanishing peer and is in
+tests/test_dead_peer.py."""
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import time
+
+import pytest
+
+from fastka import _keepalive_py, _platform
+
+pytestmark = pytest.mark.skipif(_platform.CURRENT is not _platform.LINUX, reason="TCP_INFO and POLLRDHUP are Linux's")
+
+
+def settle(sock: socket.socket, what: int = select.POLLIN, timeout: float = 2.0) -> None:
+    """Wait until the kernel has delivered what the peer did (FIN, RST, data) to ``sock``."""
+    p = select.poll()
+    p.register(sock, what)
+    assert p.poll(timeout * 1000), "the peer's packet never arrived"
+    time.sleep(0.01)
+
+
+def test_live_connection(backend, tcp_pair):
+    client, server = tcp_pair
+    assert backend.is_alive(client) is True and backend.is_alive(server.fileno()) is True
+    assert backend.find_dead([client, server]) == []
+    info = backend.tcp_info(client)
+    assert info.state == "ESTABLISHED"
+    assert info.retransmits == info.probes == info.backoff == info.unacked == info.lost == info.total_retrans == 0
+    assert 0 < info.rtt < 1 and 0 <= info.rttvar < 1
+    for t in (info.last_data_recv, info.last_data_sent, info.last_ack_recv):
+        assert isinstance(t, float) and 0 <= t < 60
+
+
+def test_live_with_unread_data_is_alive_and_the_data_stays(backend, tcp_pair):
+    client, server = tcp_pair
+    server.sendall(b"hello, pool")
+    settle(client)
+    time.sleep(0.2)
+    assert backend.is_alive(client) is True
+    assert backend.find_dead([client, server]) == []
+    info = backend.tcp_info(client)
+    assert info.state == "ESTABLISHED" and info.last_data_recv >= 0.15  # seconds, from ms
+    assert client.recv(100) == b"hello, pool"  # nothing was consumed
+
+
+def test_after_fin(backend, tcp_pair):
+    client, server = tcp_pair
+    server.close()
+    settle(client)
+    assert backend.is_alive(client) is False
+    assert backend.find_dead([client]) == [client]
+    assert backend.tcp_info(client).state == "CLOSE_WAIT"
+    assert client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+
+
+def test_after_fin_with_unread_data_is_dead_and_the_data_stays(backend, tcp_pair):
+    client, server = tcp_pair
+    server.sendall(b"last words")
+    server.shutdown(socket.SHUT_WR)
+    settle(client)
+    time.sleep(0.05)
+    assert backend.is_alive(client) is False  # the peer is gone, for a pool's purposes
+    assert backend.find_dead([client]) == [client]
+    assert client.recv(100) == b"last words" and client.recv(100) == b""
+
+
+def test_after_reset(backend, tcp_pair):
+    client, server = tcp_pair
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()  # SO_LINGER 0: an RST instead of a FIN
+    settle(client)
+    assert backend.is_alive(client) is False
+    assert backend.find_dead([client]) == [client]
+    assert backend.tcp_info(client).state == "CLOSE"
+    # neither call consumed the pending error: the application still learns of the reset
+    assert client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 104  # ECONNRESET
+
+
+def test_find_dead_keeps_order_duplicates_and_objects(backend, listener):
+    pairs = []
+    try:
+        for _ in range(6):
+            c = socket.create_connection(listener.getsockname())
+            s, _ = listener.accept()
+            pairs.append((c, s))
+        for _, s in pairs[1::2]:
+            s.close()
+        for c, _ in pairs[1::2]:
+            settle(c)
+        clients = [c for c, _ in pairs]
+        dead = backend.find_dead(iter(clients + [clients[1].fileno(), clients[0], clients[1]]))
+        assert dead == [clients[1], clients[3], clients[5], clients[1].fileno(), clients[1]]
+        assert all(d is e for d, e in zip(dead, [clients[1], clients[3], clients[5]]))
+        assert backend.find_dead([]) == []
+        assert backend.find_dead(()) == []
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()
+
+
+def test_find_dead_over_more_fds_than_one_poll_chunk(backend, listener):
+    pairs = []
+    try:
+        for _ in range(600):  # the C core polls in chunks of 512
+            c = socket.create_connection(listener.getsockname())
+            s, _ = listener.accept()
+            pairs.append((c, s))
+        for i in (3, 511, 512, 599):
+            pairs[i][1].close()
+        for i in (3, 511, 512, 599):
+            settle(pairs[i][0])
+        clients = [c for c, _ in pairs]
+        assert backend.find_dead(clients) == [clients[i] for i in (3, 511, 512, 599)]
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()
+
+
+def test_unconnected_socket_is_dead_and_listener_alive(backend, listener):
+    with socket.socket() as fresh:
+        assert backend.is_alive(fresh) is False
+    assert backend.is_alive(listener) is True
+
+
+def test_both_backends_read_the_same_tcp_info(tcp_pair):
+    try:
+        from fastka import _keepalive_c
+    except ImportError:
+        pytest.skip("compiled backend not built")
+    client, server = tcp_pair
+    client.sendall(b"x" * 1000)
+    server.recv(1000)
+    a, b = _keepalive_c.tcp_info(client), _keepalive_py.tcp_info(client)
+    assert (a.state, a.retransmits, a.probes, a.backoff, a.unacked, a.lost, a.total_retrans) == (
+        b.state, b.retransmits, b.probes, b.backoff, b.unacked, b.lost, b.total_retrans)
+    assert abs(a.rtt - b.rtt) < 0.01 and abs(a.last_data_sent - b.last_data_sent) < 0.5
+
+
+def test_parse_tcp_info_layout_and_short_structs():
+    raw = bytearray(_keepalive_py.TCP_INFO_LAYOUT.size)
+    raw[0], raw[2], raw[3], raw[4] = 1, 2, 3, 4  # state, retransmits, probes, backoff
+    for offset, value in ((24, 5), (32, 6), (44, 7000), (52, 8000), (56, 9000), (68, 250), (72, 125), (100, 11)):
+        struct.pack_into("=I", raw, offset, value)
+    info = _keepalive_py.parse_tcp_info(bytes(raw))
+    assert info.state == "ESTABLISHED"
+    assert (info.retransmits, info.probes, info.backoff, info.unacked, info.lost, info.total_retrans) == (2, 3, 4, 5, 6, 11)
+    assert (info.last_data_sent, info.last_data_recv, info.last_ack_recv) == (7.0, 8.0, 9.0)
+    assert (info.rtt, info.rttvar) == (0.00025, 0.000125)
+    short = _keepalive_py.parse_tcp_info(bytes(raw[:60]))  # an older kernel's shorter struct
+    assert short.total_retrans == 0 and short.rtt == 0.0 and short.last_ack_recv == 9.0
+    assert _keepalive_py.parse_tcp_info(bytes([99]) + bytes(103)).state == "UNKNOWN(99)"
+
+
+def test_tcp_info_elsewhere_names_the_platform(monkeypatch, tcp_pair):
+    monkeypatch.setattr(_keepalive_py, "TABLE", _platform.DARWIN)
+    with pytest.raises(NotImplementedError, match="which macOS does not have"):
+        _keepalive_py.tcp_info(tcp_pair[0])

@@ -1,0 +1,391 @@
+"""KeepaliveManager behaviour over both backends, with real loopback connections."""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+import netns
+from fastka import Event, KeepaliveConfig
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def pair(listener):
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    return client, server
+
+
+@pytest.fixture
+def mgr_factory(backend):
+    made = []
+
+    def make(*args, **kw):
+        m = backend.KeepaliveManager(*args, **kw)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
+def test_touched_survives_untouched_idles(mgr_factory, listener):
+    m = mgr_factory(10)
+    clock = FakeClock()
+    m._set_clock(clock)
+    c1, s1 = pair(listener)
+    c2, s2 = pair(listener)
+    try:
+        m.add(s1)
+        m.add(s2)
+        assert len(m) == 2 and s1 in m
+        clock.t += 6
+        m.touch(s1)
+        clock.t += 5
+        assert m.poll(0) == [(s2, Event.IDLE)]
+        assert s2.fileno() == -1  # closed by the manager
+        c2.settimeout(2)
+        assert c2.recv(10) == b""  # the peer sees a FIN
+        assert s1 in m and s2 not in m
+        assert m.next_deadline() == pytest.approx(5.0)
+    finally:
+        for s in (c1, s1, c2, s2):
+            s.close()
+
+
+def test_max_requests_reported_on_next_poll(mgr_factory, listener):
+    m = mgr_factory(None, max_requests=2)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        m.touch(s)
+        assert m.poll(0) == []
+        m.touch(s)
+        assert m.next_deadline() == 0.0
+        assert m.poll(0) == [(s, Event.MAX_REQUESTS)]
+        c.settimeout(2)
+        assert c.recv(10) == b""
+    finally:
+        c.close()
+        s.close()
+
+
+def test_max_lifetime(mgr_factory, listener):
+    m = mgr_factory(None, max_lifetime=5)
+    clock = FakeClock()
+    m._set_clock(clock)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        clock.t += 4
+        m.touch(s)
+        assert m.poll(0) == []
+        clock.t += 1
+        assert m.poll(0) == [(s, Event.MAX_LIFETIME)]
+    finally:
+        c.close()
+        s.close()
+
+
+def test_peer_fin(mgr_factory, listener):
+    m = mgr_factory()
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        c.close()
+        assert m.poll(2) == [(s, Event.PEER_CLOSED)]
+        assert len(m) == 0
+    finally:
+        s.close()
+
+
+def test_peer_reset(mgr_factory, listener):
+    m = mgr_factory()
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+        assert m.poll(2) == [(s, Event.RESET)]
+    finally:
+        s.close()
+
+
+def test_data_then_fin(mgr_factory, listener):
+    m = mgr_factory()
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        c.sendall(b"hello")
+        c.close()
+        time.sleep(0.05)
+        assert m.poll(2) == [(s, Event.READABLE)]
+        assert m.poll(0) == [(s, Event.READABLE)]  # level-triggered: still unread
+        assert s.recv(10) == b"hello"
+        assert m.poll(2) == [(s, Event.PEER_CLOSED)]
+    finally:
+        s.close()
+
+
+def test_unwatched_data_then_fin_waits_for_reader(mgr_factory, listener):
+    m = mgr_factory(watch_readable=False)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        c.sendall(b"hello")
+        assert m.poll(0.1) == []
+        c.close()
+        assert m.poll(0.2) == []
+        assert s.recv(10) == b"hello"
+        assert m.poll(2) == [(s, Event.PEER_CLOSED)]
+    finally:
+        s.close()
+
+
+def test_remove_does_not_close(mgr_factory, tcp_pair):
+    m = mgr_factory(0.01)
+    c, s = tcp_pair
+    m.add(s)
+    m.remove(s)
+    assert s not in m and len(m) == 0
+    time.sleep(0.02)
+    assert m.poll(0) == []
+    assert s.fileno() != -1
+    with pytest.raises(KeyError):
+        m.remove(s)
+    with pytest.raises(KeyError):
+        m.touch(s)
+
+
+def test_double_add(mgr_factory, tcp_pair):
+    m = mgr_factory()
+    m.add(tcp_pair[1])
+    with pytest.raises(ValueError, match="already"):
+        m.add(tcp_pair[1])
+
+
+def test_poll_zero_returns_at_once(mgr_factory, tcp_pair):
+    m = mgr_factory()
+    m.add(tcp_pair[1])
+    t = time.monotonic()
+    assert m.poll(0) == []
+    assert time.monotonic() - t < 0.5
+
+
+def test_poll_none_wakes_on_expiry(mgr_factory, listener):
+    m = mgr_factory(0.2)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        t = time.monotonic()
+        assert m.poll(None) == [(s, Event.IDLE)]
+        assert 0.15 <= time.monotonic() - t < 5
+    finally:
+        c.close()
+        s.close()
+
+
+def test_poll_none_woken_by_add_from_other_thread(mgr_factory, listener):
+    m = mgr_factory(0.2)
+    c, s = pair(listener)
+    result = []
+    th = threading.Thread(target=lambda: result.append(m.poll(None)))
+    try:
+        th.start()
+        time.sleep(0.1)
+        with pytest.raises(RuntimeError, match="already running"):
+            m.poll(0)
+        with pytest.raises(RuntimeError):
+            m.close()
+        m.add(s)
+        th.join(5)
+        assert not th.is_alive()
+        assert result == [[(s, Event.IDLE)]]
+    finally:
+        c.close()
+        s.close()
+
+
+def test_fd_reuse(mgr_factory, listener):
+    m = mgr_factory(10, close=False)
+    clock = FakeClock()
+    m._set_clock(clock)
+    c1, s1 = pair(listener)
+    m.add(s1)
+    fd = s1.fileno()
+    s1.close()
+    c2, s2 = pair(listener)
+    c3, s3 = None, None
+    try:
+        if s2.fileno() != fd:  # the client took the number: swap roles
+            c2, s2 = s2, c2
+        assert s2.fileno() == fd
+        assert s2 not in m
+        c2.sendall(b"x")
+        clock.t += 20
+        assert m.poll(0.1) == []  # the stale slot yields nothing, acts on nothing
+        assert len(m) == 0
+        # the new socket on the reused number can be added, and then works
+        c3, s3 = pair(listener)
+        m.add(s3)
+        s3.close()
+        c4, s4 = pair(listener)
+        try:
+            fd4 = s4 if s4.fileno() == fd else c4
+            m.add(fd4)  # replaces the stale slot
+            assert fd4 in m
+            m.remove(fd4)
+        finally:
+            c4.close()
+            s4.close()
+    finally:
+        for s in (c1, c2, s2, c3):
+            if s is not None:
+                s.close()
+
+
+def test_keepalive_applied_on_add(mgr_factory, backend, tcp_pair):
+    cfg = KeepaliveConfig(idle=30, interval=5, count=3)
+    m = mgr_factory(keepalive=cfg)
+    m.add(tcp_pair[1])
+    st = backend.get_keepalive(tcp_pair[1])
+    assert (st.enabled, st.idle, st.interval, st.count) == (True, 30, 5, 3)
+
+
+@pytest.mark.parametrize(
+    "kw, exc",
+    [
+        ({"idle_timeout": 0}, ValueError),
+        ({"idle_timeout": -1}, ValueError),
+        ({"idle_timeout": float("nan")}, ValueError),
+        ({"idle_timeout": float("inf")}, ValueError),
+        ({"idle_timeout": True}, TypeError),
+        ({"idle_timeout": "5"}, TypeError),
+        ({"max_requests": 0}, ValueError),
+        ({"max_requests": 1.5}, TypeError),
+        ({"max_lifetime": 0}, ValueError),
+        ({"keepalive": 5}, TypeError),
+    ],
+)
+def test_bad_arguments(backend, kw, exc):
+    with pytest.raises(exc, match=next(iter(kw))):
+        backend.KeepaliveManager(**kw)
+
+
+def test_bad_add_and_poll_arguments(mgr_factory):
+    m = mgr_factory()
+    with pytest.raises(TypeError):
+        m.add("nope")
+    with pytest.raises(ValueError):
+        m.add(-1)
+    s = socket.socket()
+    s.close()
+    with pytest.raises(ValueError):
+        m.add(s)
+    with pytest.raises(ValueError, match="timeout"):
+        m.poll(-1)
+    with pytest.raises(TypeError, match="timeout"):
+        m.poll("1")
+
+
+def test_closed_manager(backend):
+    m = backend.KeepaliveManager()
+    with m:
+        pass
+    m.close()
+    with pytest.raises(ValueError, match="closed manager"):
+        m.poll(0)
+    with pytest.raises(ValueError, match="closed manager"):
+        m.fileno()
+    assert len(m) == 0
+
+
+@pytest.mark.netns
+def test_timed_out_dead_peer(mgr_factory, dead_peer_link):
+    m = mgr_factory(None)
+    netns.pin_neighbours(dead_peer_link)
+    client, server = dead_peer_link.connect()
+    try:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 500)
+        m.add(client)
+        dead_peer_link.cut()
+        client.send(b"x")
+        deadline = time.monotonic() + 10
+        got = []
+        while not got and time.monotonic() < deadline:
+            got = m.poll(1)
+        assert got == [(client, Event.TIMED_OUT)]
+    finally:
+        client.close()
+        server.close()
+
+
+def test_touch_reaching_limit_wakes_blocked_poll(mgr_factory, listener):
+    m = mgr_factory(None, max_requests=1)
+    c, s = pair(listener)
+    result = []
+    try:
+        m.add(s)
+        th = threading.Thread(target=lambda: result.append(m.poll(None)))
+        th.start()
+        time.sleep(0.1)
+        m.touch(s)
+        th.join(5)
+        assert not th.is_alive()
+        assert result == [[(s, Event.MAX_REQUESTS)]]
+    finally:
+        c.close()
+        s.close()
+
+
+def test_int_fd_closed_with_close2(mgr_factory, listener):
+    m = mgr_factory(None, max_requests=1)
+    c, s = pair(listener)
+    fd = s.detach()
+    try:
+        m.add(fd)
+        assert fd in m and s not in m
+        m.touch(fd)
+        assert m.poll(0) == [(fd, Event.MAX_REQUESTS)]
+        c.settimeout(2)
+        assert c.recv(1) == b""
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    finally:
+        c.close()
+
+
+def test_keepalive_inherited_from_listener_is_kept(mgr_factory, backend, monkeypatch):
+    cfg = KeepaliveConfig(idle=40, interval=7, count=4)
+    lst = socket.create_server(("127.0.0.1", 0))
+    backend.set_keepalive(lst, cfg)
+    c = socket.create_connection(lst.getsockname())
+    s, _ = lst.accept()
+    try:
+        if backend.name == "python":  # the fallback must not set what is already there
+            from fastka import _keepalive_py
+
+            def refuse(*a, **k):
+                raise AssertionError("set_keepalive called on an inherited config")
+
+            monkeypatch.setattr(_keepalive_py, "set_keepalive", refuse)
+        m = mgr_factory(keepalive=cfg)
+        m.add(s)
+        st = backend.get_keepalive(s)
+        assert (st.enabled, st.idle, st.interval, st.count) == (True, 40, 7, 4)
+    finally:
+        c.close()
+        s.close()
+        lst.close()

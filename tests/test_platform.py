@@ -1,0 +1,285 @@
+"""The per-platform option mapping and limits (fastka/_platform.py, src/platform.h).
+
+Only Linux runs the real calls here; these tests check every row of every platform's
+table everywhere, by asking for the option calls (``plan``) and by validating configs
+with another platform's table injected. The README's mapping table is checked against
+the same rows.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+import pytest
+
+from fastka import KeepaliveConfig
+from fastka import _keepalive_py, _platform
+from fastka._platform import DARWIN, FREEBSD, LINUX, SUNOS, WINDOWS, plan
+
+TCP = 6
+KEEPALIVE_ON = ("SO_KEEPALIVE", socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+@pytest.fixture
+def on(monkeypatch):
+    """``on(table)``: validate as that platform would."""
+
+    def inject(table):
+        monkeypatch.setattr(_platform, "CURRENT", table)
+
+    return inject
+
+
+# -- the mapping: one test per platform, every field --------------------------------
+
+def test_linux_mapping():
+    assert plan(LINUX, 60, 10, 5, 2500) == [
+        ("TCP_KEEPIDLE", TCP, 4, 60),
+        ("TCP_KEEPINTVL", TCP, 5, 10),
+        ("TCP_KEEPCNT", TCP, 6, 5),
+        ("TCP_USER_TIMEOUT", TCP, 18, 2500),  # milliseconds
+        KEEPALIVE_ON,
+    ]
+
+
+def test_macos_mapping_uses_the_constants_python_lacks():
+    assert plan(DARWIN, 60, 10, 5, 2500) == [
+        ("TCP_KEEPALIVE", TCP, 0x10, 60),  # macOS' idle option
+        ("TCP_KEEPINTVL", TCP, 0x101, 10),
+        ("TCP_KEEPCNT", TCP, 0x102, 5),
+        ("TCP_RXT_CONNDROPTIME", TCP, 0x80, 3),  # whole seconds, rounded up
+        KEEPALIVE_ON,
+    ]
+
+
+def test_freebsd_mapping_has_no_user_timeout():
+    assert plan(FREEBSD, 60, 10, 5, -1) == [
+        ("TCP_KEEPIDLE", TCP, 256, 60),
+        ("TCP_KEEPINTVL", TCP, 512, 10),
+        ("TCP_KEEPCNT", TCP, 1024, 5),
+        KEEPALIVE_ON,
+    ]
+    assert plan(FREEBSD, 60, 10, 5, 0) == plan(FREEBSD, 60, 10, 5, -1)  # 0 = default: nothing to do
+    with pytest.raises(OSError) as info:
+        plan(FREEBSD, 60, 10, 5, 3000)
+    assert info.value.errno == errno.ENOPROTOOPT and "user_timeout cannot be set on FreeBSD" in str(info.value)
+
+
+def test_solaris_illumos_mapping():
+    assert plan(SUNOS, 60, 10, 5, -1) == [
+        ("TCP_KEEPIDLE", TCP, 0x22, 60),
+        ("TCP_KEEPINTVL", TCP, 0x24, 10),
+        ("TCP_KEEPCNT", TCP, 0x23, 5),
+        KEEPALIVE_ON,
+    ]
+    with pytest.raises(OSError, match="Solaris/illumos"):
+        plan(SUNOS, 60, 10, 5, 3000)
+
+
+def test_windows_per_option_mapping():
+    assert plan(WINDOWS, 60, 10, 5, 2500) == [
+        ("TCP_KEEPIDLE", TCP, 3, 60),  # seconds, Windows 10 1709+
+        ("TCP_KEEPINTVL", TCP, 17, 10),
+        ("TCP_KEEPCNT", TCP, 16, 5),
+        ("TCP_MAXRT", TCP, 5, 3),  # whole seconds, rounded up
+        KEEPALIVE_ON,
+    ]
+
+
+def test_windows_legacy_ioctl_writes_idle_and_interval_in_ms():
+    assert plan(WINDOWS, 60, 10, 10, -1, per_option=False) == [
+        ("SIO_KEEPALIVE_VALS", "ioctl", 0, (1, 60_000, 10_000)),  # count 10 is what it sends anyway
+        KEEPALIVE_ON,
+    ]
+
+
+def test_windows_legacy_count_is_asked_for_not_ignored():
+    steps = plan(WINDOWS, 60, 10, 5, -1, per_option=False)
+    assert steps[1] == ("TCP_KEEPCNT", TCP, 16, 5)  # fails before 1703: an error, not ignored
+
+    class OldWindowsSocket:
+        def __init__(self):
+            self.calls = []
+
+        def ioctl(self, code, value):
+            self.calls.append(("ioctl", code, value))
+
+        def setsockopt(self, level, number, value):
+            if number == 16:
+                raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+            self.calls.append(("setsockopt", level, number, value))
+
+    fake = OldWindowsSocket()
+    with pytest.raises(OSError) as info:
+        _keepalive_py._run(fake, 7, steps)  # type: ignore[arg-type]
+    assert info.value.errno == errno.ENOPROTOOPT and "TCP_KEEPCNT" in str(info.value) and "fd 7" in str(info.value)
+    assert fake.calls == [("ioctl", _platform.SIO_KEEPALIVE_VALS, (1, 60_000, 10_000))]
+
+
+def test_windows_legacy_needs_both_fields():
+    with pytest.raises(ValueError, match="SIO_KEEPALIVE_VALS needs both idle and interval"):
+        plan(WINDOWS, 60, -1, -1, -1, per_option=False)
+
+
+def test_windows_update_fills_from_last_set_then_system_defaults(monkeypatch):
+    monkeypatch.setattr(_platform, "_windows_last", {})
+    monkeypatch.setattr(_platform, "read_system_defaults", lambda table=None: (7200, 1, 10))
+    assert _platform.windows_fill(5, 30, -1) == (30, 1)  # never set by fastka: system default
+    _platform.windows_remember(5, 30, 4)
+    assert _platform.windows_fill(5, -1, -1) == (30, 4)  # what fastka last set
+    assert _platform.windows_fill(5, -1, 9) == (30, 9)
+    assert _platform.windows_fill(6, -1, -1) == (7200, 1)
+
+
+def test_update_sets_only_the_given_fields_everywhere():
+    for table in (LINUX, DARWIN, FREEBSD, SUNOS, WINDOWS):
+        assert plan(table, -1, 20, -1, -1) == [(table.interval.name, TCP, table.interval.number, 20), KEEPALIVE_ON]
+        assert plan(table, -1, -1, -1, -1) == [KEEPALIVE_ON]
+        assert plan(table, -1, -1, -1, -1, enable=False) == []
+
+
+# -- limits per platform ---------------------------------------------------------------
+
+LIMIT_ROWS = [
+    # table, (idle), (interval), (count), user_timeout ms range or None
+    (LINUX, (1, 32767), (1, 32767), (1, 127), (0, 2**31 - 1)),
+    (DARWIN, (1, 4294967), (1, 4294967), (1, 2**31 - 1), (0, 2147483000)),
+    (FREEBSD, (1, 4294967), (1, 4294967), (1, 2**31 - 1), None),
+    (SUNOS, (10, 864000), (1, 864000), (1, 2**31 - 1), None),
+    (WINDOWS, (1, 2147483), (1, 2147483), (1, 255), (0, 2147483000)),
+]
+
+
+@pytest.mark.parametrize("table, idle, interval, count, ut", LIMIT_ROWS, ids=[r[0].name for r in LIMIT_ROWS])
+def test_limits(table, idle, interval, count, ut):
+    assert table.limits == _platform.Limits(idle, interval, count, ut)
+
+
+@pytest.mark.parametrize("table, idle, interval, count, ut", LIMIT_ROWS, ids=[r[0].name for r in LIMIT_ROWS])
+def test_validation_uses_the_platforms_limits(on, table, idle, interval, count, ut):
+    on(table)
+    KeepaliveConfig(idle=idle[0], interval=interval[0], count=count[0])
+    KeepaliveConfig(idle=idle[1], interval=interval[1], count=count[1])
+    for field, (lo, hi) in (("idle", idle), ("interval", interval)):
+        for bad in (lo - 1 if lo > 1 else 0, hi + 1):
+            with pytest.raises(ValueError) as info:
+                KeepaliveConfig(**{field: bad})
+            assert f"{field}={bad}" in str(info.value) and f"{lo}..{hi}" in str(info.value)
+            assert f"on {table.title}" in str(info.value)
+    with pytest.raises(ValueError, match=f"count={count[1] + 1} is out of range; allowed: 1..{count[1]} probes on"):
+        KeepaliveConfig(count=count[1] + 1)
+    if ut is None:
+        with pytest.raises(ValueError, match=f"user_timeout=3 cannot be set on {table.title}.*allowed: None"):
+            KeepaliveConfig(user_timeout=3)
+        assert KeepaliveConfig(user_timeout=None).user_timeout is None
+    else:
+        assert KeepaliveConfig(user_timeout=ut[1] / 1000).user_timeout == ut[1] / 1000
+        with pytest.raises(ValueError, match="user_timeout="):
+            KeepaliveConfig(user_timeout=ut[1] / 1000 + 1)
+
+
+def test_solaris_minimum_idle_is_ten_seconds(on):
+    on(SUNOS)
+    with pytest.raises(ValueError, match=r"idle=9 is out of range; allowed: 10..864000 seconds on Solaris/illumos"):
+        KeepaliveConfig(idle=9)
+    assert KeepaliveConfig(idle=9.01).idle == 10  # rounds up into range
+    assert KeepaliveConfig.within(350).idle == 252
+    with pytest.raises(ValueError, match="leaves no room for two probes on Solaris/illumos"):
+        KeepaliveConfig.within(10)
+
+
+def test_unit_conversions():
+    assert _platform.user_timeout_value(2500, LINUX) == 2500
+    assert _platform.user_timeout_value(2001, DARWIN) == 3 and _platform.user_timeout_value(2000, WINDOWS) == 2
+    assert _platform.user_timeout_ms(3, DARWIN) == 3000 and _platform.user_timeout_ms(2500, LINUX) == 2500
+
+
+@pytest.mark.parametrize(
+    "name, table", [("linux", LINUX), ("darwin", DARWIN), ("freebsd14", FREEBSD), ("sunos5", SUNOS), ("win32", WINDOWS)]
+)
+def test_platform_for(name, table):
+    assert _platform.platform_for(name) is table
+
+
+def test_platform_for_unknown():
+    with pytest.raises(LookupError, match="no keepalive table for platform 'plan9'"):
+        _platform.platform_for("plan9")
+
+
+def test_unknown_platform_uses_pythons_constants():
+    table = _platform._generic("plan9")
+    assert table.idle == _platform.Option("TCP_KEEPIDLE", getattr(socket, "TCP_KEEPIDLE", -1), "s")
+    assert table.user_timeout is None and table.limits.idle == (10, 32767)
+    assert plan(table, 60, 10, 5, -1)[0] == ("TCP_KEEPIDLE", TCP, table.idle.number, 60)
+
+
+def test_python_constants_agree_where_python_has_them():
+    table = _platform.CURRENT
+    for option in (table.idle, table.interval, table.count, table.user_timeout):
+        if option is not None and hasattr(socket, option.name):
+            assert getattr(socket, option.name) == option.number, option.name
+    if _platform.CURRENT is LINUX:
+        assert socket.TCP_KEEPIDLE == 4 and socket.TCP_USER_TIMEOUT == 18
+
+
+def test_compiled_table_agrees_with_python():
+    try:
+        from fastka import _keepalive_c
+    except ImportError as exc:
+        if os.environ.get("FASTKA_REQUIRE_EXTENSION"):
+            raise
+        pytest.skip(f"compiled backend not built: {exc}")
+    t = _platform.CURRENT
+    assert _keepalive_c.PLATFORM == {
+        "name": t.name,
+        "idle_option": (t.idle.name, t.idle.number),
+        "interval_option": t.interval.number,
+        "count_option": t.count.number,
+        "idle": t.limits.idle,
+        "interval": t.limits.interval,
+        "count": t.limits.count,
+        "user_timeout_ms_max": t.limits.user_timeout_ms[1] if t.limits.user_timeout_ms else 0,
+    }
+
+
+# -- the README's table -----------------------------------------------------------------
+
+def _cell(option):
+    if option is None:
+        return "none: `ValueError`"
+    return f"`{option.name}` ({option.number:#x}, {option.unit})"
+
+
+def readme_rows():
+    """The README's mapping table, generated from the tables (so a test can compare)."""
+    tables = (LINUX, DARWIN, FREEBSD, SUNOS, WINDOWS)
+    legacy = f"`{WINDOWS.legacy_ioctl}` (ms)"
+    rows = [
+        "| field | " + " | ".join(t.title for t in tables[:-1]) + " | Windows 10 1709+ | Windows before 10 1709 |",
+        "|---" * (len(tables) + 2) + "|",
+        "| idle | " + " | ".join(_cell(t.idle) for t in tables) + f" | {legacy} |",
+        "| interval | " + " | ".join(_cell(t.interval) for t in tables) + f" | {legacy} |",
+        "| count | " + " | ".join(_cell(t.count) for t in tables)
+        + f" | fixed at {WINDOWS.legacy_count} (`TCP_KEEPCNT` from 1703) |",
+        "| user_timeout | " + " | ".join(_cell(t.user_timeout) for t in tables) + f" | {_cell(WINDOWS.user_timeout)} |",
+        "| idle range (s) | " + " | ".join("{}..{}".format(*t.limits.idle) for t in tables)
+        + " | {}..{} |".format(*WINDOWS.limits.idle),
+        "| interval range (s) | " + " | ".join("{}..{}".format(*t.limits.interval) for t in tables)
+        + " | {}..{} |".format(*WINDOWS.limits.interval),
+        "| count range | " + " | ".join("{}..{}".format(*t.limits.count) for t in tables)
+        + f" | {WINDOWS.legacy_count} |",
+    ]
+    return rows
+
+
+def test_readme_table_matches_the_code():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "README.md")
+    if not os.path.exists(path):
+        pytest.skip("README.md is not written yet")
+    text = open(path, encoding="utf-8").read()
+    if "| field | Linux |" not in text:
+        pytest.skip("README.md has no platform mapping table yet")
+    for row in readme_rows():
+        assert row in text, f"README.md's mapping table lacks (or differs in) the row:\n{row}"

@@ -1,0 +1,350 @@
+"""`fastka serve` driven by real clients: curl, ab, wrk, http.client and raw sockets.
+
+The server runs as a subprocess on both backends; client binaries that are missing skip
+their test with the reason (CI installs curl, wrk and apache2-utils).
+"""
+from __future__ import annotations
+
+import http.client
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest.importorskip("httptools", reason="fastka serve needs the serve extra (httptools)")
+
+
+class Server:
+    def __init__(self, backend: str, *flags: str) -> None:
+        cmd = [sys.executable, "-m", "fastka.cli", "serve", "--port", "0", "--backend", backend, *flags]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        m = re.match(r"listening on http://127\.0\.0\.1:(\d+) ", line)
+        if not m:
+            self.stop()
+            raise AssertionError(f"unexpected first line {line!r}; stderr: {self.proc.stderr.read()}")
+        self.port = int(m.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def status(self) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", "/status")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return out
+
+
+@pytest.fixture(params=("c", "python"))
+def serve(request):
+    if request.param == "c":
+        try:
+            importlib.import_module("fastka._manager_c")
+        except ImportError as exc:
+            if os.environ.get("FASTKA_REQUIRE_EXTENSION"):
+                pytest.fail(f"compiled backend missing but FASTKA_REQUIRE_EXTENSION is set: {exc}")
+            pytest.skip(f"compiled backend not built: {exc}")
+    servers = []
+
+    def start(*flags: str) -> Server:
+        s = Server(request.param, *flags)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} is not installed (apt-get install curl wrk apache2-utils)")
+    return path
+
+
+def read_until_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def responses(data: bytes) -> list:
+    """Split raw responses (all with Content-Length bodies); returns [(head, body)]."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        n = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        out.append((head, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+def test_curl_reuses_the_connection(serve):
+    curl = need("curl")
+    s = serve()
+    r = subprocess.run([curl, "-sv", "--write-out", "connects=%{num_connects}\\n", f"{s.url}/", f"{s.url}/status"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"Re-using existing connection|Reusing existing", r.stderr), r.stderr
+    assert r.stdout.count("connects=1") == 1 and r.stdout.count("connects=0") == 1, r.stdout
+    assert "Hello from fastka" in r.stdout
+    assert s.status()["accepted"] == 2  # curl's one, plus the status query
+
+
+def test_ab_keepalive(serve):
+    ab = need("ab")
+    s = serve()
+    r = subprocess.run([ab, "-k", "-n", "2000", "-c", "20", f"{s.url}/"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"Failed requests:\s+0\b", r.stdout), r.stdout
+    assert re.search(r"Keep-Alive requests:\s+2000\b", r.stdout), r.stdout
+    st = s.status()
+    assert st["requests"] == 2001 and st["accepted"] <= 21
+
+
+def test_wrk_short_run(serve):
+    wrk = need("wrk")
+    s = serve()
+    r = subprocess.run([wrk, "-t", "2", "-c", "50", "-d", "2s", f"{s.url}/"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"(\d+) requests in", r.stdout)
+    assert m and int(m.group(1)) > 0, r.stdout
+    assert "Socket errors" not in r.stdout and "Non-2xx" not in r.stdout, r.stdout
+
+
+def test_http10_keepalive_with_http_client(serve):
+    s = serve()
+
+    class HTTP10(http.client.HTTPConnection):
+        _http_vsn = 10
+        _http_vsn_str = "HTTP/1.0"
+
+    conn = HTTP10("127.0.0.1", s.port, timeout=10)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/", headers={"Connection": "keep-alive"})
+            resp = conn.getresponse()
+            assert resp.read() == b"Hello from fastka\n"
+            assert resp.getheader("Connection") == "keep-alive"
+            assert resp.getheader("Keep-Alive", "").startswith("timeout=5, max=")
+            assert not resp.will_close
+        conn.request("GET", "/")  # HTTP/1.0 without keep-alive: the server closes
+        resp = conn.getresponse()
+        assert resp.getheader("Connection") == "close" and resp.will_close
+        resp.read()
+    finally:
+        conn.close()
+    st = s.status()
+    assert st["accepted"] == 2 and st["requests"] == 5
+
+
+def test_http11_connection_close(serve):
+    s = serve()
+    with s.connect() as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        (head, body), = responses(read_until_eof(c))
+    assert b"Connection: close" in head and b"Keep-Alive" not in head and body == b"Hello from fastka\n"
+
+
+def test_pipelining_in_order(serve):
+    s = serve()
+    reqs = b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
+    reqs += b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with s.connect() as c:
+        c.sendall(reqs)
+        data = read_until_eof(c)
+    # HEAD has a Content-Length but no body: split by hand
+    heads = data.split(b"HTTP/1.1 ")[1:]
+    assert len(heads) == 7
+    assert all(h.startswith(b"200 OK") for h in heads)
+    maxes = [int(m) for m in re.findall(rb"max=(\d+)", data)]
+    assert maxes == [999, 998, 997, 996, 995, 994]
+    assert json.loads(heads[-1].split(b"\r\n\r\n", 1)[1])["requests"] == 7
+
+
+def test_max_requests_closes_on_the_last(serve):
+    s = serve("--max-requests", "3")
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+    try:
+        seen = []
+        for _ in range(3):
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            resp.read()
+            seen.append((resp.getheader("Connection"), resp.getheader("Keep-Alive")))
+        assert seen == [("keep-alive", "timeout=5, max=2"), ("keep-alive", "timeout=5, max=1"), ("close", None)]
+        assert conn.sock is None  # http.client closed it on Connection: close
+    finally:
+        conn.close()
+    with s.connect() as c:  # and the server really closes: EOF after the third answer
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
+        assert len(responses(read_until_eof(c))) == 3
+    assert s.status()["closes"].get("max_requests") == 2
+
+
+def test_idle_close_after_timeout(serve):
+    s = serve("--keepalive-timeout", "1")
+    with s.connect() as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"Hello from fastka\n" not in got:
+            got += c.recv(4096)
+        t0 = time.monotonic()
+        assert c.recv(4096) == b""  # a FIN, not a reset
+        waited = time.monotonic() - t0
+    assert 0.9 <= waited <= 1.5, waited
+    assert s.status()["closes"].get("IDLE") == 1
+
+
+def test_slowloris_dropped(serve):
+    s = serve("--keepalive-timeout", "1")
+    with s.connect() as c:
+        t0 = time.monotonic()
+        c.sendall(b"GET / HTTP/1.1\r\n")
+        eof_at = None
+        for i in range(40):  # a header byte every 0.1 s keeps the idle clock alive
+            try:
+                c.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            c.settimeout(0.1)
+            try:
+                if c.recv(4096) == b"":
+                    eof_at = time.monotonic() - t0
+                    break
+            except socket.timeout:
+                pass
+        assert eof_at is not None and eof_at < 2.0, eof_at
+    assert s.status()["closes"].get("request_timeout") == 1
+
+
+def test_oversized_headers_431(serve):
+    s = serve("--max-header-size", "1024")
+    with s.connect() as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n")
+        data = read_until_eof(c)
+    assert data.startswith(b"HTTP/1.1 431 ") and b"Connection: close" in data
+    assert s.status()["closes"].get("header_too_large") == 1
+
+
+def test_bad_request_400(serve):
+    s = serve()
+    with s.connect() as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nthis is not http\r\n\r\n")
+        data = read_until_eof(c)
+    (h1, b1), (h2, b2) = responses(data)
+    assert h1.startswith(b"HTTP/1.1 200 ") and h2.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in h2
+
+
+def test_status_counts(serve):
+    s = serve()
+    c1 = s.connect()
+    c2 = s.connect()
+    try:
+        c1.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c1.recv(4096).startswith(b"HTTP/1.1 200")
+        c2.close()
+        time.sleep(0.2)
+        st = s.status()
+    finally:
+        c1.close()
+    assert st["open_connections"] == 2  # c1 and the status query
+    assert st["accepted"] == 3 and st["requests"] == 2
+    assert st["closes"] == {"PEER_CLOSED": 1}
+
+
+def test_sigterm_graceful(serve):
+    s = serve()
+    idle = s.connect()
+    busy = s.connect()
+    try:
+        busy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert busy.recv(4096).startswith(b"HTTP/1.1 200")
+        s.proc.send_signal(signal.SIGTERM)
+        assert idle.recv(4096) == b""  # FIN, not reset
+        assert busy.recv(4096) == b""
+        assert s.proc.wait(timeout=10) == 0
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", s.port), timeout=2).close()
+    finally:
+        idle.close()
+        busy.close()
+    assert "stopped after 1 requests" in s.stop()
+
+
+def test_tcp_keepalive_on_listener(serve):
+    """--tcp-keepalive is set once on the listener; accepted connections inherit it (ss shows the timer)."""
+    ss = need("ss")
+    s = serve("--tcp-keepalive", "30:7:4")
+    with s.connect() as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        out = subprocess.run([ss, "-tnoH", "state", "established", f"( sport = :{s.port} )"],
+                             capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"timer:\(keepalive,(\d+)sec", out)
+    assert m and 25 <= int(m.group(1)) <= 30, out
+
+
+@pytest.mark.parametrize("flag", ["0:1:2", "1:2", "a:b:c", "1:1:200"])
+def test_bad_tcp_keepalive_flag(flag):
+    r = subprocess.run([sys.executable, "-m", "fastka.cli", "serve", "--tcp-keepalive", flag],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("fastka serve: error: argument --tcp-keepalive:") and flag in err, r.stderr
+
+
+def test_out_of_fds_pauses_accept_and_recovers(serve):
+    """At the open-file limit the server pauses accept() instead of spinning, then serves again."""
+    prlimit = need("prlimit")
+    s = serve()
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
+
+    def cpu_ticks() -> int:
+        with open(f"/proc/{s.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    extra = [s.connect() for _ in range(30)]  # more than 24 fds: accept() fails with EMFILE
+    try:
+        time.sleep(0.5)
+        t0 = cpu_ticks()
+        time.sleep(1.0)
+        ticks = cpu_ticks() - t0
+        assert ticks < os.sysconf("SC_CLK_TCK") * 0.5, f"server used {ticks} clock ticks in 1 s while out of fds"
+    finally:
+        for c in extra:
+            c.close()
+    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
+    time.sleep(0.3)
+    st = s.status()
+    assert st["requests"] == 1 and st["accepted"] >= 2

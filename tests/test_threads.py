@@ -1,0 +1,257 @@
+"""The manager's thread-safety contract, on both backends.
+
+- add/remove/touch/__len__/__contains__/next_deadline may be called from any thread,
+  also while another thread is blocked in poll(); a call that makes the earliest deadline
+  earlier (the first add into an empty manager, a touch reaching max_requests) wakes the
+  blocked poller, so poll(None) honours it;
+- poll() never runs in two threads at once: a second concurrent poll raises RuntimeError;
+- close() while another thread is inside poll() raises RuntimeError;
+- every method after close() raises ValueError;
+- set_keepalive and the other one-socket functions are plain system calls, safe anywhere.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from fastka import Event
+
+WORKERS = 4
+PAIRS_PER_WORKER = 40
+ROUNDS = 15
+JOIN = 60.0  # seconds: a thread still running after this is a hang
+
+
+def _pairs(listener, n):
+    out = []
+    for _ in range(n):
+        c = socket.create_connection(listener.getsockname())
+        s, _ = listener.accept()
+        out.append((c, s))
+    return out
+
+
+def _close_all(pairs):
+    for c, s in pairs:
+        c.close()
+        s.close()
+
+
+def _run(threads):
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(JOIN)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+
+
+def _blocked_in_poll(t):
+    """Give ``t`` time to enter poll() and block."""
+    time.sleep(0.2)
+    assert t.is_alive()
+
+
+def test_workers_and_one_poller(backend, listener):
+    """Several threads add, configure, touch and remove their own sockets while one
+    thread polls: nothing lost, nothing duplicated, len() consistent at every barrier."""
+    pairs = _pairs(listener, WORKERS * PAIRS_PER_WORKER)
+    m = backend.KeepaliveManager(idle_timeout=None, close=False)
+    stop = threading.Event()
+    errors: list = []
+    readable: list = []
+    barrier = threading.Barrier(WORKERS + 1, timeout=JOIN)
+    counts = [[0, 0, 0] for _ in range(WORKERS)]  # adds, touches, removes
+    for c, _ in pairs[::3]:
+        c.send(b"ping")  # some READABLE work for the poller
+
+    def poller():
+        try:
+            while not stop.is_set():
+                for obj, ev in m.poll(0.01):
+                    assert ev is Event.READABLE, ev
+                    readable.append(obj)
+                    try:
+                        obj.recv(64)
+                    except BlockingIOError:
+                        pass
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    def worker(k):
+        mine = [s for _, s in pairs[k * PAIRS_PER_WORKER:(k + 1) * PAIRS_PER_WORKER]]
+        try:
+            for r in range(ROUNDS):
+                for s in mine:
+                    m.add(s)
+                    counts[k][0] += 1
+                    backend.set_keepalive(s, idle=5 + r, interval=2, count=3)
+                    assert s in m
+                for s in mine:
+                    m.touch(s)
+                    counts[k][1] += 1
+                    assert 1 <= len(m) <= WORKERS * PAIRS_PER_WORKER
+                    m.next_deadline()
+                if r == 0:
+                    barrier.wait()  # every worker has added everything
+                    barrier.wait()  # the main thread has checked
+                for s in mine:
+                    m.remove(s)
+                    counts[k][2] += 1
+                    assert s not in m
+                    with pytest.raises(KeyError):
+                        m.touch(s)
+                assert backend.get_keepalive(mine[0]).idle == 5 + r
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(WORKERS)]
+    p = threading.Thread(target=poller)
+    p.start()
+    for t in threads:
+        t.start()
+    try:
+        barrier.wait()
+        assert len(m) == WORKERS * PAIRS_PER_WORKER
+        assert all(s in m for _, s in pairs)
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
+    for t in threads:
+        t.join(JOIN)
+    stop.set()
+    p.join(JOIN)
+    try:
+        assert not errors, errors
+        assert not p.is_alive() and not any(t.is_alive() for t in threads), "a thread hung"
+        assert len(m) == 0
+        assert counts == [[PAIRS_PER_WORKER * ROUNDS] * 3] * WORKERS
+        assert readable, "the poller saw no READABLE while workers churned"
+        assert set(id(o) for o in readable) <= set(id(s) for _, s in pairs)
+        assert all(s.fileno() >= 0 for _, s in pairs), "close=False manager closed a socket"
+    finally:
+        m.close()
+        _close_all(pairs)
+
+
+def test_add_wakes_a_poller_blocked_forever(backend, tcp_pair):
+    """The first add into an empty manager wakes poll(None) so that the new idle deadline
+    is honoured."""
+    client, server = tcp_pair
+    m = backend.KeepaliveManager(idle_timeout=0.2, close=False)
+    got: list = []
+    t = threading.Thread(target=lambda: got.extend(m.poll(None)))
+    t.start()
+    try:
+        _blocked_in_poll(t)
+        start = time.monotonic()
+        m.add(server)
+        t.join(5.0)
+        woken = not t.is_alive()
+        elapsed = time.monotonic() - start
+    finally:
+        if t.is_alive():  # broken wake-up: unblock the poller with I/O, then fail
+            client.send(b"x")
+            t.join(JOIN)
+        m.close()
+    assert woken, "poll(None) was not woken by add(): the idle deadline was ignored"
+    assert got == [(server, Event.IDLE)]
+    assert elapsed >= 0.15
+
+
+def test_touch_reaching_max_requests_wakes_the_poller(backend, tcp_pair):
+    client, server = tcp_pair
+    m = backend.KeepaliveManager(idle_timeout=None, max_requests=1, close=False)
+    m.add(server)
+    got: list = []
+    t = threading.Thread(target=lambda: got.extend(m.poll(None)))
+    t.start()
+    try:
+        _blocked_in_poll(t)
+        m.touch(server)
+        t.join(5.0)
+        woken = not t.is_alive()
+    finally:
+        if t.is_alive():
+            client.send(b"x")
+            t.join(JOIN)
+        m.close()
+    assert woken, "poll(None) was not woken by touch() reaching max_requests"
+    assert got == [(server, Event.MAX_REQUESTS)]
+
+
+def test_second_concurrent_poll_and_close_during_poll_raise(backend, tcp_pair):
+    client, server = tcp_pair
+    m = backend.KeepaliveManager(idle_timeout=None, close=False)
+    got: list = []
+    t = threading.Thread(target=lambda: got.extend(m.poll(None)))
+    t.start()
+    try:
+        _blocked_in_poll(t)
+        with pytest.raises(RuntimeError):
+            m.poll(0)
+        with pytest.raises(RuntimeError):
+            m.close()
+        # The manager is still usable from this thread while the other one polls.
+        assert len(m) == 0 and m.next_deadline() is None
+        m.add(server)
+        assert server in m and len(m) == 1
+    finally:
+        client.send(b"x")  # wakes the poller with READABLE (idle_timeout=None: no timer)
+        t.join(JOIN)
+        alive = t.is_alive()
+        m.close()
+    assert not alive, "poll(None) did not return on READABLE"
+    assert got == [(server, Event.READABLE)]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, s: m.add(s),
+        lambda m, s: m.remove(s),
+        lambda m, s: m.touch(s),
+        lambda m, s: m.poll(0),
+        lambda m, s: m.poll(None),
+        lambda m, s: m.next_deadline(),
+        lambda m, s: m.fileno(),
+        lambda m, s: m.__enter__(),
+    ],
+    ids=["add", "remove", "touch", "poll(0)", "poll(None)", "next_deadline", "fileno", "enter"],
+)
+def test_methods_after_close_raise_value_error(backend, tcp_pair, call):
+    m = backend.KeepaliveManager()
+    m.add(tcp_pair[1])
+    m.close()
+    m.close()  # idempotent
+    with pytest.raises(ValueError):
+        call(m, tcp_pair[1])
+    assert tcp_pair[1].fileno() >= 0  # close() leaves tracked sockets open
+
+
+def test_set_keepalive_from_many_threads_on_shared_sockets(backend, listener):
+    """The one-socket functions are plain system calls: many threads on the same sockets
+    end with one of the values written, never a crash or a mixed error."""
+    pairs = _pairs(listener, 20)
+    errors: list = []
+
+    def hammer(k):
+        try:
+            for r in range(50):
+                socks = [s for _, s in pairs]
+                backend.set_keepalive(socks[r % 20], idle=10 + k, interval=1 + k, count=1 + k)
+                assert backend.set_keepalive_many(socks, idle=20 + k) == {}
+                assert backend.find_dead(socks) == []
+                st = backend.get_keepalive(socks[r % 20])
+                assert st.enabled and 10 <= st.idle <= 20 + WORKERS
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        _run([threading.Thread(target=hammer, args=(k,)) for k in range(WORKERS)])
+        assert not errors, errors
+    finally:
+        _close_all(pairs)
