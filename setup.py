@@ -47,35 +47,55 @@ def extensions():
     return cythonize(mods, language_level=3, compiler_directives={"binding": False})
 
 
+def _required():
+    return bool(os.environ.get("FASTKA_REQUIRE_EXTENSION"))
+
+
+def _warn(exc):
+    """One line on stderr: why the fallback is used."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    sys.stderr.write(f"WARNING: fastka's C extension could not be built ({first}); using the pure-Python fallback.\n")
+
+
 class optional_build_ext(build_ext):
-    """build_ext that degrades to the pure-Python fallback instead of failing the install."""
+    """build_ext that degrades to the pure-Python fallback instead of failing the install.
+
+    The package uses all of its compiled modules or none (fastka/__init__.py), so the first
+    failure stops the build of the rest and is reported once. FASTKA_REQUIRE_EXTENSION turns
+    any failure into an error (CI, wheel builds).
+    """
+
+    failed = False
 
     def run(self):
         try:
             super().run()
         except Exception as exc:  # no compiler at all (DistutilsPlatformError and friends)
-            self._warn(exc)
+            self._give_up(exc)
 
     def build_extension(self, ext):
+        if self.failed:
+            return
         try:
             super().build_extension(ext)
         except Exception as exc:  # compiler present but the build failed
-            self._warn(exc)
+            self._give_up(exc)
 
-    def _warn(self, exc):
-        if os.environ.get("FASTKA_REQUIRE_EXTENSION"):
+    def _give_up(self, exc):
+        if _required():
             raise exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        sys.stderr.write(
-            f"WARNING: fastka's C extension could not be built ({first}); "
-            "using the pure-Python fallback.\n"
-        )
+        if not self.failed:
+            self.failed = True
+            _warn(exc)
 
 
 try:
     ext_modules = extensions()
 except Exception as exc:  # Cython missing or failing: still install the fallback
-    sys.stderr.write(f"WARNING: fastka's C extension was not generated ({exc}); using the pure-Python fallback.\n")
+    if _required():
+        raise
+    _warn(exc)
     ext_modules = []
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": optional_build_ext})

@@ -7,10 +7,16 @@ import errno
 import math
 import os
 import socket
+import sys
 
 import pytest
 
 from conftest import Backend
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="the hostile-fd cases use /proc/self/fd and Linux's errno for pipes and Unix sockets; other platforms are covered by test_platform.py's tables",
+)
 
 TCP = socket.IPPROTO_TCP
 

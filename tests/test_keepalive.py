@@ -14,6 +14,11 @@ import pytest
 from fastka import KeepaliveConfig
 from fastka._config import DEFAULT
 
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="reads the values back with Linux's option names (TCP_KEEPIDLE, TCP_USER_TIMEOUT); other platforms are covered by test_platform.py's tables",
+)
+
 TCP = socket.IPPROTO_TCP
 
 
