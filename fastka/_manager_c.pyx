@@ -4,7 +4,8 @@ a thin binding. Behaviour, messages and event order are those of the pure-Python
 specification, fastka/_manager_py.py.
 
 The only Python object per connection is the user's own, held by one strong reference in
-``_objs``, a Python list indexed by fd (8 bytes a slot; the C slot is 56 bytes). Calls that
+``_objs``, a Python list indexed by fd (8 bytes a slot; the C slot is 48 bytes). Both
+grow to the next multiple of 1,024 above the highest fd, not by doubling. Calls that
 may run Python code (``obj.fileno()``, ``obj.close()``, a test clock) happen before or
 after C state changes, never in the middle, and the slot is re-checked afterwards.
 """
@@ -33,7 +34,13 @@ __all__ = ["KeepaliveManager"]
 
 DEF NEVENTS = 1024
 DEF DRAIN_CHECK_MS = 100
+DEF SLOT_STEP = 1024  # FK_SLOT_STEP in src/manager.h
+DEF MAX_WAIT_MS = 0x7FFFFFFF  # the longest single epoll_wait; longer waits loop
 cdef tuple GRACEFUL = (Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME)
+# Event members indexed by their value (the FK_EV_* codes of src/events.h); 0 is "none".
+cdef tuple EVENTS = (None,) + tuple(sorted(Event, key=int))
+cdef object READABLE = Event.READABLE
+cdef object MAX_REQUESTS = Event.MAX_REQUESTS
 
 
 cdef class KeepaliveManager:
@@ -60,8 +67,6 @@ cdef class KeepaliveManager:
             raise TypeError(f"keepalive must be a fastka.KeepaliveConfig or None, not {type(keepalive).__name__}: {keepalive!r}")
         if self._open:
             raise RuntimeError("KeepaliveManager.__init__ called twice")
-        if maxreq is not None and maxreq > 0xFFFFFFFF:
-            raise ValueError(f"max_requests={maxreq!r} is too large; allowed: 1..4294967295, or None")
         self._keepalive = keepalive
         if keepalive is not None:
             self._ka.idle = keepalive.idle
@@ -184,8 +189,8 @@ cdef class KeepaliveManager:
         now = self._now()
         if fk_mgr_has(&self.m, fd):
             raise ValueError(f"fd {fd} is already in this manager")
-        if fd >= len(self._objs):
-            self._objs.extend([None] * (max(fd + 1, 2 * len(self._objs)) - len(self._objs)))
+        if fd >= len(self._objs):  # a new list of the exact size: no over-allocation
+            self._objs = self._objs + [None] * ((fd // SLOT_STEP + 1) * SLOT_STEP - len(self._objs))
         r = fk_mgr_add(&self.m, fd, now)
         if r == -errno.ENOMEM:
             raise MemoryError()
@@ -270,6 +275,7 @@ cdef class KeepaliveManager:
                 wait = DRAIN_CHECK_MS if wait < 0 else min(wait, DRAIN_CHECK_MS)
             if end >= 0:
                 left = max(0, math.ceil((end - time.monotonic()) * 1000))
+                left = min(left, MAX_WAIT_MS)
                 wait = left if wait < 0 else min(wait, left)
             self._wait_until = d
             with nogil:
@@ -285,19 +291,21 @@ cdef class KeepaliveManager:
     cdef list _collect(self, int n):
         cdef list events = []
         cdef int fd, i, ev, k
+        cdef uint32_t bits
         cdef int drain[64]
-        cdef list ready = []
-        for i in range(n):
-            ready.append((self._evs[i].data.fd, self._evs[i].events))
-        k = fk_mgr_draining(&self.m, drain, 64)
-        for i in range(k):
-            ready.append((drain[i], 0x2000))  # EPOLLRDHUP
+        k = fk_mgr_draining(&self.m, drain, 64)  # before any event changes the draining set
         while True:
             fd = fk_mgr_queued(&self.m)
             if fd < 0:
                 break
-            self._settle(fd, Event.MAX_REQUESTS, events)
-        for fd, bits in ready:
+            self._settle(fd, MAX_REQUESTS, events)
+        for i in range(n + k):
+            if i < n:
+                fd = self._evs[i].data.fd
+                bits = self._evs[i].events
+            else:
+                fd = drain[i - n]
+                bits = 0x2000  # EPOLLRDHUP
             if fd == self.m.wakefd:
                 fk_mgr_drain_wake(&self.m)
                 continue
@@ -311,19 +319,19 @@ cdef class KeepaliveManager:
             if self._objs[fd] is not obj or not fk_mgr_has(&self.m, fd):
                 continue
             ev = fk_mgr_classify(&self.m, fd, bits, self._now())
-            if ev == Event.READABLE:
-                events.append((obj, Event.READABLE))
+            if ev == 1:  # FK_EV_READABLE
+                events.append((obj, READABLE))
             elif ev != 0:
                 self._forget(fd)
-                events.append((obj, Event(ev)))
+                events.append((obj, EVENTS[ev]))
                 if self._close:
-                    self._shut(obj, fd, Event(ev))
+                    self._shut(obj, fd, EVENTS[ev])
         now = self._now()
         while True:
             fd = fk_mgr_next_expired(&self.m, now, &ev)
             if fd < 0:
                 break
-            self._settle(fd, Event(ev), events)
+            self._settle(fd, EVENTS[ev], events)
         return events
 
     cdef _settle(self, int fd, ev, list events):

@@ -48,40 +48,46 @@ _GRACEFUL = (Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME)
 _DRAIN_CHECK_MS = 100  # how often a half-closed, unread, unwatched connection is re-checked
 
 
+MAX_TIMEOUT = 1e9  # seconds (~31.7 years): the largest idle_timeout / max_lifetime
+MAX_REQUESTS = 2**29 - 1  # the largest max_requests (the C slot keeps a 29-bit count)
+_MAX_WAIT_MS = 2**31 - 1  # the longest single epoll wait; longer waits loop
+
+
 def _seconds_ms(name: str, value: object) -> Optional[int]:
-    """A timeout in seconds (> 0, finite, or None) as whole milliseconds, rounded up."""
+    """A timeout in seconds (0 < value <= MAX_TIMEOUT, or None) as whole milliseconds,
+    rounded up. TypeError for a non-number, ValueError outside the range."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds (int or float) or None, not {type(value).__name__}: {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name}={value!r} must be a finite number of seconds > 0, or None")
-    return max(1, math.ceil(v * 1000))
+    if not (value > 0 and value <= MAX_TIMEOUT):  # also rejects NaN; no float() of a huge int
+        raise ValueError(f"{name}={value!r} must be seconds > 0 and <= {MAX_TIMEOUT:.0e} (about 31 years), or None for never")
+    return max(1, math.ceil(float(value) * 1000))
 
 
 def _requests(value: object) -> Optional[int]:
+    """max_requests: an int in 1..MAX_REQUESTS (536870911), or None for unlimited."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"max_requests must be an int >= 1 or None, not {type(value).__name__}: {value!r}")
-    if value < 1:
-        raise ValueError(f"max_requests={value!r} must be an int >= 1, or None")
+    if not 1 <= value <= MAX_REQUESTS:
+        raise ValueError(f"max_requests={value!r} must be an int in 1..{MAX_REQUESTS}, or None for unlimited")
     return int(value)
 
 
 def poll_timeout_ms(timeout: object) -> Optional[int]:
-    """poll()'s timeout: None (wait for an event), or seconds >= 0 rounded up to ms."""
+    """poll()'s timeout: None (wait for an event), or seconds >= 0 rounded up to ms.
+    A timeout above MAX_TIMEOUT seconds (infinity included) waits with no limit, as None."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds (int or float) or None, not {type(timeout).__name__}: {timeout!r}")
-    t = float(timeout)
-    if math.isnan(t) or t < 0:
+    if not timeout >= 0:  # negative or NaN
         raise ValueError(f"timeout={timeout!r} must be >= 0 seconds, or None to wait for an event")
-    if math.isinf(t):
+    if timeout > MAX_TIMEOUT:
         return None
-    return math.ceil(t * 1000)
+    return math.ceil(float(timeout) * 1000)
 
 
 class _Poller:
@@ -90,6 +96,7 @@ class _Poller:
     def __init__(self) -> None:
         self._ep = select.epoll() if hasattr(select, "epoll") else None
         self._sel = None if self._ep is not None else selectors.DefaultSelector()
+        self.reports_rdhup = self._ep is not None  # selectors reports a FIN as readable only
 
     def fileno(self) -> int:
         return self._ep.fileno() if self._ep is not None else self._sel.fileno()
@@ -151,8 +158,9 @@ class KeepaliveManager:
     """Track many keep-alive connections: idle timeouts, request and lifetime limits, and
     peer close / reset / timeout detection, on one poller.
 
-    ``idle_timeout`` and ``max_lifetime`` are seconds (> 0, or None for never);
-    ``max_requests`` counts ``touch`` calls. See the module docstring for event order and
+    ``idle_timeout`` and ``max_lifetime`` are seconds (0 < t <= 1e9, or None for never);
+    ``max_requests`` counts ``touch`` calls (1..536870911, or None for unlimited); values
+    outside these ranges are ValueError. See the module docstring for event order and
     fd-reuse handling.
     """
 
@@ -269,7 +277,11 @@ class KeepaliveManager:
             pass
 
     def _classify(self, c: _Conn, bits: int) -> Optional[Event]:
-        """The event for a ready connection, or None when there is nothing to report."""
+        """The event for a ready connection, or None when there is nothing to report.
+        With epoll (registered with EPOLLRDHUP) readability alone means data and no FIN:
+        READABLE without a peek. Otherwise the socket is peeked to tell data from EOF."""
+        if self._watch and bits == _IN and self._poller.reports_rdhup:
+            return Event.READABLE
         if bits & (_ERR | _HUP):
             err = pending_error(c.fd)
             if err:
@@ -393,7 +405,8 @@ class KeepaliveManager:
 
     def poll(self, timeout: Optional[float] = None) -> List[Tuple[Any, Event]]:
         """Wait up to ``timeout`` seconds (None: until there is something) and return
-        [(obj, Event)]. ``poll(0)`` never blocks. Negative or NaN timeouts are ValueError.
+        [(obj, Event)]. ``poll(0)`` never blocks. Negative or NaN timeouts are ValueError;
+        one above 1e9 seconds (or infinite) waits with no limit, like None.
         """
         limit_ms = poll_timeout_ms(timeout)
         with self._lock:
@@ -420,6 +433,8 @@ class KeepaliveManager:
                 if end is not None:
                     left = max(0, math.ceil((end - time.monotonic()) * 1000))
                     wait = left if wait is None else min(wait, left)
+                if wait is not None:
+                    wait = min(wait, _MAX_WAIT_MS)
                 self._wait_until = None if d is None else d
             ready = self._poller.wait(wait)  # the lock is free while we sleep
             with self._lock:

@@ -81,10 +81,9 @@ int fk_mgr_has(const struct fk_manager *m, int fd)
 
 static int grow(struct fk_manager *m, int fd)
 {
-    int32_t cap = m->cap ? m->cap : 64;
+    /* the next multiple of FK_SLOT_STEP above fd: no doubling, little slack */
+    int32_t cap = fd > INT32_MAX - FK_SLOT_STEP ? INT32_MAX : (fd / FK_SLOT_STEP + 1) * FK_SLOT_STEP;
     struct fk_slot *s;
-    while (cap <= fd)
-        cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
     s = realloc(m->slots, (size_t)cap * sizeof *s);
     if (!s)
         return -ENOMEM;
@@ -144,7 +143,7 @@ int fk_mgr_touch(struct fk_manager *m, int fd, int64_t now)
     s->last = now;
     idle_unlink(m, &m->idle, fd);
     idle_append(m, &m->idle, fd);
-    if (s->requests < UINT32_MAX)
+    if (s->requests < FK_MAX_REQUESTS)
         s->requests++;
     if (m->max_requests && s->requests >= m->max_requests && !s->queued) {
         s->queued = 1;
@@ -190,6 +189,12 @@ int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now)
 {
     struct fk_slot *s = &m->slots[fd];
     int p;
+    if (m->watch && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) == EPOLLIN) {
+        s->last = now;
+        idle_unlink(m, &m->idle, fd);
+        idle_append(m, &m->idle, fd);
+        return FK_EV_READABLE;
+    }
     if (events & (EPOLLERR | EPOLLHUP)) {
         int err = fk_pending_error(fd);
         if (err)

@@ -12,14 +12,16 @@
 #include "events.h"
 
 #define FK_NIL (-1)
+#define FK_MAX_REQUESTS ((1u << 29) - 1) /* the largest max_requests (a 29-bit count) */
+#define FK_SLOT_STEP 1024                /* the slot table grows in steps of this many */
 
-struct fk_slot {              /* 56 bytes */
+struct fk_slot {              /* 48 bytes */
     int32_t iprev, inext;     /* idle list: by last activity */
     int32_t lprev, lnext;     /* lifetime list: by insertion */
     int32_t qprev, qnext;     /* max_requests reached, awaiting poll */
     int64_t last, born;       /* ms */
-    uint32_t seq, requests;
-    uint8_t used, queued, draining;
+    uint32_t seq;
+    uint32_t requests : 29, used : 1, queued : 1, draining : 1;
 };
 
 struct fk_list { int32_t head, tail; };
@@ -35,7 +37,8 @@ struct fk_manager {
     int watch;                /* EPOLLIN interest */
 };
 
-/* 0 or -errno. idle_ms/life_ms -1 for never, max_requests 0 for unlimited. */
+/* 0 or -errno. idle_ms/life_ms -1 for never, max_requests 0 for unlimited (at most
+ * FK_MAX_REQUESTS). */
 int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t max_requests, int watch);
 void fk_mgr_destroy(struct fk_manager *m);
 int64_t fk_mgr_now(void);                      /* CLOCK_MONOTONIC in ms */
@@ -54,7 +57,9 @@ int fk_mgr_wait(struct fk_manager *m, struct epoll_event *evs, int n, int timeou
 void fk_mgr_wake(struct fk_manager *m);
 void fk_mgr_drain_wake(struct fk_manager *m);
 /* The event for a ready fd (FK_EV_NONE: nothing to report; it may then be muted as
- * draining). A READABLE restarts the idle clock. */
+ * draining). A READABLE restarts the idle clock. EPOLLIN alone (the fd is registered
+ * with EPOLLRDHUP, so no FIN has arrived) is READABLE without a system call; the socket
+ * is peeked only when EPOLLRDHUP, EPOLLHUP or EPOLLERR is set. */
 int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now);
 /* The first queued MAX_REQUESTS fd, or -1. */
 int fk_mgr_queued(const struct fk_manager *m);

@@ -277,11 +277,60 @@ def test_keepalive_applied_on_add(mgr_factory, backend, tcp_pair):
         ({"max_requests": 1.5}, TypeError),
         ({"max_lifetime": 0}, ValueError),
         ({"keepalive": 5}, TypeError),
+        # the documented ranges: seconds in (0, 1e9], max_requests in 1..2**29-1
+        ({"idle_timeout": 1e9 + 1}, ValueError),
+        ({"idle_timeout": 1e20}, ValueError),
+        ({"idle_timeout": 1e306}, ValueError),
+        ({"idle_timeout": 2**1030}, ValueError),
+        ({"max_lifetime": 1e17}, ValueError),
+        ({"max_lifetime": 1e306}, ValueError),
+        ({"max_lifetime": 2**1030}, ValueError),
+        ({"max_requests": 2**29}, ValueError),
+        ({"max_requests": 2**70}, ValueError),
     ],
 )
 def test_bad_arguments(backend, kw, exc):
     with pytest.raises(exc, match=next(iter(kw))):
         backend.KeepaliveManager(**kw)
+
+
+def test_range_boundaries_accepted(mgr_factory, listener):
+    """The largest allowed values work, including a poll with such a connection."""
+    m = mgr_factory(1e9, max_lifetime=10**9, max_requests=2**29 - 1)
+    c, s = pair(listener)
+    m.add(s)
+    assert 1e9 - 5 < m.next_deadline() <= 1e9
+    assert m.poll(0) == []
+    m.touch(s)
+    c.send(b"x")
+    assert m.poll(2) == [(s, Event.READABLE)]
+    m.remove(s)
+    c.close()
+    s.close()
+
+
+@pytest.mark.parametrize("timeout", [1e9 + 1, 1e306, 2**1030, float("inf")])
+def test_poll_timeout_beyond_range_waits_without_limit(mgr_factory, listener, timeout):
+    """A timeout above 1e9 s behaves as None: it returns on the first event."""
+    m = mgr_factory(None)
+    c, s = pair(listener)
+    m.add(s)
+    c.send(b"x")
+    assert m.poll(timeout) == [(s, Event.READABLE)]
+    m.remove(s)
+    c.close()
+    s.close()
+
+
+def test_poll_timeout_at_range_limit_returns_on_event(mgr_factory, listener):
+    m = mgr_factory(None)
+    c, s = pair(listener)
+    m.add(s)
+    c.send(b"x")
+    assert m.poll(1e9) == [(s, Event.READABLE)]
+    m.remove(s)
+    c.close()
+    s.close()
 
 
 def test_bad_add_and_poll_arguments(mgr_factory):
@@ -389,3 +438,23 @@ def test_keepalive_inherited_from_listener_is_kept(mgr_factory, backend, monkeyp
         c.close()
         s.close()
         lst.close()
+
+
+def test_readable_without_fin_is_not_peeked(mgr_factory, listener):
+    """EPOLLIN without EPOLLRDHUP/HUP/ERR is READABLE without a peek: a pipe (which recv()
+    would reject with ENOTSOCK) and a listener with a pending connection are READABLE."""
+    m = mgr_factory(None, close=False)
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x")
+        m.add(r)
+        assert m.poll(2) == [(r, Event.READABLE)]
+        m.remove(r)
+        client = socket.create_connection(listener.getsockname())
+        m.add(listener)
+        assert m.poll(2) == [(listener, Event.READABLE)]
+        m.remove(listener)
+        client.close()
+    finally:
+        os.close(r)
+        os.close(w)

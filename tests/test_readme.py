@@ -24,4 +24,4 @@ def test_asyncio_example_is_the_tested_code(readme):
 
 def test_readme_has_the_two_setup_commands(readme):
     assert "pip install . && fastka demo" in readme
-    assert "pip install '.[test]' && pytest" in readme
+    assert "pip install -e '.[test]' && pytest" in readme
