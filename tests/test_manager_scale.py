@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gc
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -12,7 +11,12 @@ import tracemalloc
 
 import pytest
 
-from fastka import Event
+if not sys.platform.startswith("linux"):
+    pytest.skip("counts fds and memory through /proc (Linux)", allow_module_level=True)
+
+import resource  # noqa: E402  (POSIX only: after the skip)
+
+from fastka import Event  # noqa: E402
 
 CLIENT = r"""
 import socket, sys
@@ -94,6 +98,7 @@ def test_no_leak_over_add_poll_remove_cycles(backend, tcp_pair):
         tracemalloc.stop()
         grown = sum(d.size_diff for d in snap1.compare_to(snap0, "filename"))
         assert grown < 64 * 1024, f"Python heap grew by {grown} bytes over 100,000 cycles"
-        assert _rss_kib() - rss0 < 2048, "RSS grew by more than 2 MiB over 100,000 cycles"
+        if not os.environ.get("FASTKA_SANITIZER"):  # ASan holds freed memory in quarantine
+            assert _rss_kib() - rss0 < 2048, "RSS grew by more than 2 MiB over 100,000 cycles"
     finally:
         mgr.close()

@@ -106,7 +106,9 @@ def _venv_python(tmp_path):
         pytest.skip(f"cannot create a virtual environment here: {getattr(exc, 'stderr', b'') or exc}")
     python = venv / "bin" / "python"
     # The build backend comes from this test environment (offline, --no-build-isolation):
-    # the venv sees the directories holding setuptools and Cython after its own packages.
+    # the venv sees the directories holding setuptools and Cython after its own packages,
+    # so the (possibly older) setuptools that ensurepip put in the venv must go first.
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "setuptools"], capture_output=True, timeout=300)
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True,
