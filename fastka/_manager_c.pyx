@@ -12,7 +12,6 @@ after C state changes, never in the middle, and the slot is re-checked afterward
 import errno
 import math
 import os
-import socket
 
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
 from libc.stdlib cimport free, malloc
@@ -27,7 +26,7 @@ from fastka._cmanager cimport (
 from ._config import KeepaliveConfig
 from ._errors import keepalive_error
 from ._fd import fd_of
-from ._manager_py import _requests, _seconds_ms, poll_timeout_ms
+from ._manager_py import _requests, _seconds_ms, close_dropped, poll_timeout_ms
 from ._types import Event
 
 __all__ = ["KeepaliveManager"]
@@ -36,7 +35,6 @@ DEF NEVENTS = 1024
 DEF DRAIN_CHECK_MS = 100
 DEF SLOT_STEP = 1024  # FK_SLOT_STEP in src/manager.h
 DEF MAX_WAIT_MS = 0x7FFFFFFF  # the longest single epoll_wait; longer waits loop
-cdef tuple GRACEFUL = (Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME)
 # Event members indexed by their value (the FK_EV_* codes of src/events.h); 0 is "none".
 cdef tuple EVENTS = (None,) + tuple(sorted(Event, key=int))
 cdef object READABLE = Event.READABLE
@@ -124,26 +122,7 @@ cdef class KeepaliveManager:
         self._objs[fd] = None
 
     cdef _shut(self, obj, int fd, ev):
-        if ev in GRACEFUL:
-            try:
-                if isinstance(obj, socket.socket):
-                    obj.shutdown(socket.SHUT_WR)
-                else:
-                    s = socket.socket(fileno=fd)
-                    try:
-                        s.shutdown(socket.SHUT_WR)
-                    finally:
-                        s.detach()
-            except OSError:
-                pass
-        close = getattr(obj, "close", None) if not isinstance(obj, int) else None
-        try:
-            if close is not None and callable(close):
-                close()
-            else:
-                os.close(fd)
-        except OSError:
-            pass
+        close_dropped(obj, fd, ev)
 
     cdef object _lookup(self, sock):
         fd = fd_of(sock)

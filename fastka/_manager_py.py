@@ -253,28 +253,7 @@ class KeepaliveManager:
         self._poller.unregister(c.fd)
 
     def _shut(self, c: _Conn, event: Event) -> None:
-        """Close what the manager drops: FIN first for idle/limits, at once for dead."""
-        obj, fd = c.obj, c.fd
-        if event in _GRACEFUL:
-            try:
-                if isinstance(obj, socket.socket):
-                    obj.shutdown(socket.SHUT_WR)
-                else:
-                    s = socket.socket(fileno=fd)
-                    try:
-                        s.shutdown(socket.SHUT_WR)
-                    finally:
-                        s.detach()
-            except OSError:
-                pass  # already reset or not connected: close anyway
-        close = getattr(obj, "close", None) if not isinstance(obj, int) else None
-        try:
-            if close is not None and callable(close):
-                close()
-            else:
-                os.close(fd)
-        except OSError:
-            pass
+        close_dropped(c.obj, c.fd, event)
 
     def _classify(self, c: _Conn, bits: int) -> Optional[Event]:
         """The event for a ready connection, or None when there is nothing to report.
@@ -548,3 +527,28 @@ class KeepaliveManager:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._conns)} connections"
         return f"<fastka.KeepaliveManager (python) {state}>"
+
+
+def close_dropped(obj: object, fd: int, event: Event) -> None:
+    """Close what the manager drops: FIN first for idle/limits, at once for dead. An object
+    with close() is closed through it (so it cannot later close a reused fd number)."""
+    if event in _GRACEFUL:
+        try:
+            if isinstance(obj, socket.socket):
+                obj.shutdown(socket.SHUT_WR)
+            else:
+                s = socket.socket(fileno=fd)
+                try:
+                    s.shutdown(socket.SHUT_WR)
+                finally:
+                    s.detach()
+        except OSError:
+            pass  # already reset or not connected: close anyway
+    close = getattr(obj, "close", None) if not isinstance(obj, int) else None
+    try:
+        if close is not None and callable(close):
+            close()
+        else:
+            os.close(fd)
+    except OSError:
+        pass
