@@ -3,7 +3,6 @@ dead-peer links in network namespaces, and an fd-leak guard around every test.""
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import socket
 import sys
@@ -13,18 +12,17 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import netns  # noqa: E402
 
-BACKENDS = ("c", "python")
-_MODULES = {
-    "c": ("fastka._keepalive_c", "fastka._manager_c"),
-    "python": ("fastka._keepalive_py", "fastka._manager_py"),
-}
+from fastka import _compat  # noqa: E402
+
+BACKENDS = _compat.NAMES
 
 
 class Backend:
     """The public API of one backend: ``backend.set_keepalive(...)``, ``backend.KeepaliveManager``.
 
-    Modules import lazily, so a compiled module that is missing skips only the tests
-    that use it (or fails them when FASTKA_REQUIRE_EXTENSION is set, as in CI).
+    The backend loads lazily (through fastka._compat, as the package does), so a compiled
+    backend that is missing skips only the tests that use it (or fails them when
+    FASTKA_REQUIRE_EXTENSION is set, as in CI).
     """
 
     def __init__(self, name: str) -> None:
@@ -33,22 +31,18 @@ class Backend:
     def __repr__(self) -> str:
         return f"<backend {self.name}>"
 
-    def module(self, which: int):
-        modname = _MODULES[self.name][which]
-        if modname == "fastka._manager_c" and not sys.platform.startswith("linux"):
-            pytest.skip("the compiled manager is epoll-based and built only on Linux")
+    def load(self) -> _compat.Backend:
         try:
-            return importlib.import_module(modname)
-        except ImportError as exc:
+            return _compat.load(self.name)
+        except _compat.BackendUnavailable as exc:
             if os.environ.get("FASTKA_REQUIRE_EXTENSION"):
-                pytest.fail(f"{modname} does not import but FASTKA_REQUIRE_EXTENSION is set: {exc}")
-            pytest.skip(f"{modname} is not built: {exc}")
+                pytest.fail(f"{exc}, but FASTKA_REQUIRE_EXTENSION is set")
+            pytest.skip(str(exc))
 
     def __getattr__(self, attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        mod = self.module(1 if attr in ("KeepaliveManager", "_manager") else 0)
-        return getattr(mod, attr)
+        return getattr(self.load(), attr)
 
 
 @pytest.fixture(params=BACKENDS)

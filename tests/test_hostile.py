@@ -258,7 +258,7 @@ def _outcome(backend, fn):
 
 
 def test_backends_raise_identical_errors(closed_fd, pipe_fd, udp, unix, tcp):
-    C.module(0)  # skips when the compiled backend is not built
+    C.load()  # skips when the compiled backend is not built
     cases = [lambda b, kw=kw: b.set_keepalive(tcp, **kw) for kw, _, _ in BAD_VALUES]
     cases += [lambda b, kw=kw: b.update_keepalive(tcp, **kw) for kw, _, _ in BAD_VALUES]
     for sock in (closed_fd, pipe_fd, udp, unix, -1, NoFileno(), BadFileno("x"), True, 2**40):

@@ -1,0 +1,97 @@
+"""Which backend a process uses: the one registry every caller asks.
+
+Two backends, named ``"c"`` (the compiled core, Cython over src/) and ``"python"`` (the
+pure-Python fallback, the readable specification). The package, the tests, the CLI
+(demo, bench, serve) and the benchmarks all go through :func:`load` and :func:`default`;
+no other module imports a backend's modules by name.
+
+``FASTKA_NO_EXTENSIONS`` set to a non-empty value other than ``"0"`` makes
+:func:`default` return the fallback; :func:`load` still gives either backend by name (the
+tests and ``fastka bench`` compare them side by side).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+from typing import Dict, Optional, Tuple
+
+NAMES: Tuple[str, ...] = ("c", "python")
+"""Backend names, preferred first."""
+
+ENV_NO_EXTENSIONS = "FASTKA_NO_EXTENSIONS"
+
+# The modules of each backend: (keepalive core, manager). The compiled manager is built on
+# epoll and so only on Linux; elsewhere the compiled core pairs with the selectors manager.
+_MANAGER_C = "fastka._manager_c" if sys.platform.startswith("linux") else "fastka._manager_py"
+_MODULES: Dict[str, Tuple[str, str]] = {
+    "c": ("fastka._keepalive_c", _MANAGER_C),
+    "python": ("fastka._keepalive_py", "fastka._manager_py"),
+}
+
+
+class BackendUnavailable(ImportError):
+    """The named backend cannot be loaded in this process (the message says why)."""
+
+
+class Backend:
+    """One backend: ``.name``, its ``.keepalive`` and ``.manager`` modules, and the public
+    API as attributes (``backend.set_keepalive``, ``backend.KeepaliveManager``, ...)."""
+
+    def __init__(self, name: str, keepalive: ModuleType, manager: ModuleType) -> None:
+        self.name = name
+        self.keepalive = keepalive
+        self.manager = manager
+        self.KeepaliveManager = manager.KeepaliveManager
+        for attr in keepalive.__all__:
+            setattr(self, attr, getattr(keepalive, attr))
+
+    def __repr__(self) -> str:
+        return f"<fastka backend {self.name!r}>"
+
+
+_loaded: Dict[str, Backend] = {}
+
+
+def extensions_disabled() -> bool:
+    """Whether FASTKA_NO_EXTENSIONS asks for the fallback."""
+    return os.environ.get(ENV_NO_EXTENSIONS, "") not in ("", "0")
+
+
+def load(name: str) -> Backend:
+    """The backend called ``name`` ("c" or "python").
+
+    Raises ValueError for another name and BackendUnavailable when its modules do not
+    import (the compiled one is not built, or failed to load).
+    """
+    if name not in _MODULES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, NAMES))}, not {name!r}")
+    backend = _loaded.get(name)
+    if backend is None:
+        try:
+            modules = [importlib.import_module(m) for m in _MODULES[name]]
+        except ImportError as exc:
+            raise BackendUnavailable(f"the {name!r} backend is not available: {exc}") from exc
+        backend = _loaded[name] = Backend(name, *modules)
+    return backend
+
+
+def unavailable_reason(name: str) -> Optional[str]:
+    """None when :func:`load` gives backend ``name``, else why it cannot."""
+    try:
+        load(name)
+    except BackendUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def default() -> Backend:
+    """The backend this process uses: the compiled one when it loads and
+    FASTKA_NO_EXTENSIONS does not forbid it, else the fallback."""
+    if not extensions_disabled():
+        try:
+            return load("c")
+        except BackendUnavailable:
+            pass
+    return load("python")
