@@ -1,47 +1,40 @@
 """Fixtures of the pytest-benchmark suites (`pytest benchmarks --benchmark-only`).
 
-Every scenario is parametrized over the two backends and grouped per scenario and size
-(`group="<scenario> N=<n>"`), so the compiled backend, the fallback and the floor stand
-side by side in pytest-benchmark's table. The connections, the floor library and the
-sizes come from fastka/_bench.py, which `fastka bench` runs without pytest.
+Every scenario is parametrized over the backends of ``fastka._compat`` and grouped per
+scenario and size (`group="<scenario> N=<n>"`), so that the compiled backend, the
+fallback and the floor stand side by side in pytest-benchmark's table.
+FASTKA_NO_EXTENSIONS leaves only the "python" backend, as everywhere.
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
+from harness import SIZES, Floor, Pool
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fastka import _compat
 
-from fastka import _bench  # noqa: E402
-
-# 1,000 / 5,000 / 10,000 (the goals of issue 4) / the most the open-file limit allows
-# (the peers live in a child process).
-SIZES = _bench.default_sizes()
-BACKENDS = ("compiled", "fallback")
+BACKENDS = _compat.NAMES
 
 
-def keepalive_module(impl: str):
+def load_backend(name: str) -> _compat.Backend:
+    """Backend ``name``; skips with the reason where it cannot run."""
+    if name != "python" and _compat.extensions_disabled():
+        pytest.skip(f"{_compat.ENV_NO_EXTENSIONS} forces the python backend")
     try:
-        return _bench.load(impl, 0)
-    except ImportError as exc:
-        pytest.skip(f"{impl} backend does not import: {exc}")
+        return _compat.load(name)
+    except _compat.BackendUnavailable as exc:
+        pytest.skip(str(exc))
 
 
-def manager_class(impl: str):
-    try:
-        return _bench.load(impl, 1).KeepaliveManager
-    except (ImportError, AttributeError) as exc:
-        pytest.skip(f"{impl} manager does not import: {exc}")
+def manager_class(name: str):
+    return load_backend(name).KeepaliveManager
 
 
 @pytest.fixture(scope="session")
 def floor():
-    """benchmarks/floor.c compiled now; the floor benchmarks skip with the reason where
-    it cannot be (no compiler, not Linux)."""
+    """floor.c compiled now; the floor benchmarks skip with the reason where it cannot
+    be (no compiler, not Linux)."""
     try:
-        lib = _bench.Floor.build()
+        lib = Floor.build()
     except RuntimeError as exc:
         pytest.skip(f"no C floor: {exc}")
     yield lib
@@ -51,11 +44,11 @@ def floor():
 @pytest.fixture(scope="module", params=SIZES, ids=lambda n: f"N={n}")
 def pool(request):
     """N connected loopback sockets (peers in a child process), one size at a time."""
-    with _bench.Pool(request.param) as p:
+    with Pool(request.param) as p:
         yield p
 
 
 @pytest.fixture(scope="module")
 def one():
-    with _bench.Pool(1) as p:
+    with Pool(1) as p:
         yield p.socks[0]

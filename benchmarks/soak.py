@@ -3,6 +3,10 @@ that open fds, the manager's count and the process's memory stay flat.
 
     python benchmarks/soak.py --duration 600 [--backend c|python] [--report-every 5]
 
+The backend defaults to the one fastka uses (``fastka._compat.default()``, so
+FASTKA_NO_EXTENSIONS=1 gives "python"); asking for "c" while FASTKA_NO_EXTENSIONS is set is
+an error.
+
 A client process (this file with --client) keeps up to --concurrency connections open and
 opens new ones as fast as the machine allows, each with one behaviour in turn:
 
@@ -32,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib
 import itertools
 import json
 import os
@@ -43,6 +46,8 @@ import struct
 import subprocess
 import sys
 import time
+
+from fastka import Event, _compat
 
 IDLE_TIMEOUT = 0.3
 MAX_REQUESTS = 5
@@ -136,17 +141,8 @@ def client(port: int, concurrency: int) -> None:
 # -- server side -------------------------------------------------------------------------
 
 
-def manager_class(backend: str):
-    name = {"c": "fastka._manager_c", "python": "fastka._manager_py"}[backend]
-    return importlib.import_module(name).KeepaliveManager
-
-
 def soak(duration: float, backend: str, report_every: float, concurrency: int, rss_tolerance: float) -> int:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, root)
-    from fastka import Event
-
-    Manager = manager_class(backend)
+    Manager = _compat.load(backend).KeepaliveManager
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
@@ -293,7 +289,8 @@ def soak(duration: float, backend: str, report_every: float, concurrency: int, r
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=60.0, help="seconds to churn (default 60)")
-    p.add_argument("--backend", choices=("c", "python"), default="c")
+    p.add_argument("--backend", choices=_compat.NAMES, default=None,
+                   help="default: the backend fastka uses (FASTKA_NO_EXTENSIONS gives python)")
     p.add_argument("--report-every", type=float, default=5.0, help="seconds between checks (default 5)")
     p.add_argument("--concurrency", type=int, default=1024, help="client connections open at once (default 1024)")
     p.add_argument("--rss-tolerance", type=float, default=16.0, help="MiB RSS may grow after the warm-up (default 16)")
@@ -304,6 +301,14 @@ def main(argv=None) -> int:
         return 0
     if a.duration <= 0 or a.report_every <= 0 or a.concurrency < 1:
         p.error("--duration and --report-every must be > 0, --concurrency >= 1")
+    if a.backend is None:
+        a.backend = _compat.default().name
+    elif a.backend != "python" and _compat.extensions_disabled():
+        p.error(f"argument --backend: {a.backend} cannot run: {_compat.ENV_NO_EXTENSIONS} forces the python backend")
+    try:
+        _compat.load(a.backend)
+    except _compat.BackendUnavailable as exc:
+        p.error(f"argument --backend: {exc}")
     return soak(a.duration, a.backend, a.report_every, a.concurrency, a.rss_tolerance)
 
 

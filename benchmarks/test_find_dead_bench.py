@@ -1,9 +1,9 @@
-"""Scenario 3 of issue 4: find_dead over N pooled connections, 1% of them dead (their
+"""find_dead over N pooled connections, 1% of them dead (their
 peers closed), next to a loop of the fallback's is_alive and one bare poll(2) in C."""
 from __future__ import annotations
 
 import pytest
-from conftest import BACKENDS, keepalive_module
+from conftest import BACKENDS, load_backend
 
 
 @pytest.fixture(scope="module")
@@ -14,15 +14,15 @@ def dead(pool):
     return [pool.socks[i] for i in idx]
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_find_dead(benchmark, pool, dead, impl):
-    mod = keepalive_module(impl)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_find_dead(benchmark, pool, dead, name):
+    find_dead = load_backend(name).find_dead
     benchmark.group = f"find_dead N={pool.n}"
-    assert benchmark(mod.find_dead, pool.socks) == dead
+    assert benchmark(find_dead, pool.socks) == dead
 
 
 def test_is_alive_loop(benchmark, pool, dead):
-    is_alive = keepalive_module("fallback").is_alive
+    is_alive = load_backend("python").is_alive
     benchmark.group = f"find_dead N={pool.n}"
     assert benchmark(lambda: [s for s in pool.socks if not is_alive(s)]) == dead
 

@@ -1,23 +1,20 @@
-"""Scenarios 1 and 2 of issue 4: set_keepalive / get_keepalive / tcp_info on one socket,
-and set_keepalive_many over N sockets (both batch paths of the compiled backend), each
-next to the bare C loop of the same system calls."""
+"""set_keepalive / get_keepalive / tcp_info on one socket, and set_keepalive_many over N
+sockets, each next to the bare C loop of the same system calls (floor.c)."""
 from __future__ import annotations
 
 import pytest
-from conftest import BACKENDS, keepalive_module
+from conftest import BACKENDS, load_backend
+from harness import CONFIG
 
-from fastka import _bench
-
-CONFIG = _bench.CONFIG
 CALLS = 200  # calls per round of the one-socket scenarios (the floor does as many)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-@pytest.mark.parametrize("name", ["set_keepalive", "get_keepalive", "tcp_info"])
-def test_single(benchmark, one, impl, name):
-    fn = getattr(keepalive_module(impl), name)
-    args = (one, CONFIG) if name == "set_keepalive" else (one,)
-    benchmark.group = f"{name} x{CALLS}"
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("call", ["set_keepalive", "get_keepalive", "tcp_info"])
+def test_single(benchmark, one, name, call):
+    fn = getattr(load_backend(name), call)
+    args = (one, CONFIG) if call == "set_keepalive" else (one,)
+    benchmark.group = f"{call} x{CALLS}"
 
     def calls():
         for _ in range(CALLS):
@@ -26,33 +23,23 @@ def test_single(benchmark, one, impl, name):
     benchmark(calls)
 
 
-@pytest.mark.parametrize("name", ["set_keepalive", "get_keepalive", "tcp_info"])
-def test_single_floor(benchmark, one, floor, name):
+@pytest.mark.parametrize("call", ["set_keepalive", "get_keepalive", "tcp_info"])
+def test_single_floor(benchmark, one, floor, call):
     fds = floor.fds([one] * CALLS)
-    call = {
+    run = {
         "set_keepalive": lambda: floor.lib.floor_set_keepalive(fds, CALLS, CONFIG.idle, CONFIG.interval, CONFIG.count),
         "get_keepalive": lambda: floor.lib.floor_get_keepalive(fds, CALLS),
         "tcp_info": lambda: floor.lib.floor_tcp_info(fds, CALLS),
-    }[name]
-    benchmark.group = f"{name} x{CALLS}"
-    assert benchmark(call) == 0
+    }[call]
+    benchmark.group = f"{call} x{CALLS}"
+    assert benchmark(run) == 0
 
 
-@pytest.mark.parametrize("path", ["auto", "loop", "uring", "fallback"])
-def test_set_keepalive_many(benchmark, pool, path):
-    impl = "fallback" if path == "fallback" else "compiled"
-    mod = keepalive_module(impl)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_set_keepalive_many(benchmark, pool, name):
+    fn = load_backend(name).set_keepalive_many
     benchmark.group = f"set_keepalive_many N={pool.n}"
-    if impl == "compiled":
-        if path == "uring" and mod.uring_status() != "available":
-            pytest.skip(f"io_uring batch path {mod.uring_status()}")
-        before = mod.batch_path()
-        mod.set_batch_path(path)
-    try:
-        assert benchmark(mod.set_keepalive_many, pool.socks, CONFIG) == {}
-    finally:
-        if impl == "compiled":
-            mod.set_batch_path(before)
+    assert benchmark(fn, pool.socks, CONFIG) == {}
 
 
 def test_set_keepalive_many_floor(benchmark, pool, floor):

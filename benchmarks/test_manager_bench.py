@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import BACKENDS, manager_class
 
-from fastka import _bench
+import harness as _bench
 
 
 @pytest.mark.parametrize("impl", BACKENDS)

@@ -1,46 +1,81 @@
-"""The `fastka` command line: help, info, demo on both backends, bad flags."""
+"""The `fastka` command line: help, --version, python -m fastka, info, demo on each backend,
+FASTKA_NO_EXTENSIONS, bad flags (one argparse error line, never a traceback), a closed
+stdout pipe (quiet, as a Unix tool)."""
 from __future__ import annotations
 
-import importlib
 import os
 import re
+import signal
 import subprocess
 import sys
 
 import pytest
 
+import fastka
+from fastka import _compat, cli
+from fastka._config import MIDDLEBOX_IDLE_TIMEOUTS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_EXT = {_compat.ENV_NO_EXTENSIONS: "1"}
 
 
-def fastka(*args: str, env: dict = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def fastka_cmd(*args: str, env: dict = None, timeout: float = 120, module: str = "fastka") -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "fastka.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
 
 
-def test_main_help_lists_every_subcommand():
-    r = fastka("--help")
-    assert r.returncode == 0
+def need(name: str) -> None:
+    """Skip (or fail, where FASTKA_REQUIRE_EXTENSION is set) when backend ``name`` is missing."""
+    reason = _compat.unavailable_reason(name)
+    if reason is not None:
+        if os.environ.get("FASTKA_REQUIRE_EXTENSION"):
+            pytest.fail(f"{reason}, but FASTKA_REQUIRE_EXTENSION is set")
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("module", ["fastka", "fastka.cli"])
+def test_main_help_lists_every_subcommand(module):
+    r = fastka_cmd("--help", module=module)
+    assert r.returncode == 0 and r.stdout.startswith("usage: fastka ")
     for name in ("info", "demo", "serve", "bench"):
         assert re.search(rf"^\s+{name}\s+\S", r.stdout, re.M), r.stdout
 
 
+def test_version():
+    r = fastka_cmd("--version")
+    assert r.returncode == 0 and r.stdout == f"fastka {fastka.__version__}\n"
+
+
 @pytest.mark.parametrize("cmd,flags", [("info", []), ("demo", ["--connections", "--idle-timeout", "--backend"]),
+                                       ("bench", ["--quick", "--sizes", "--repeat", "--json", "--plot"]),
                                        ("serve", ["--port", "--keepalive-timeout", "--max-requests",
                                                   "--tcp-keepalive", "--backend", "--max-header-size"])])
 def test_subcommand_help(cmd, flags):
-    r = fastka(cmd, "--help")
+    r = fastka_cmd(cmd, "--help")
     assert r.returncode == 0 and r.stdout.startswith(f"usage: fastka {cmd}")
     for f in flags:
         assert f in r.stdout
 
 
-@pytest.mark.parametrize("args,flag", [
-    (["demo", "--connections", "-5"], "--connections"),
-    (["demo", "--connections", "many"], "--connections"),
-    (["demo", "--connections", "100000000"], "--connections"),
-    (["demo", "--idle-timeout", "0"], "--idle-timeout"),
-    (["demo", "--backend", "java"], "--backend"),
+@pytest.mark.parametrize("args,message", [
+    (["demo", "--connections", "-5"], "argument --connections: -5 is out of range; allowed: 10.."),
+    (["demo", "--connections", "many"], "argument --connections: 'many' is not an integer; allowed: 10.."),
+    (["demo", "--connections", "2e9"], "argument --connections: '2e9' is not an integer"),
+    (["demo", "--connections", "100000000"], "argument --connections: 100000000 is out of range; allowed: 10.."),
+    (["demo", "--idle-timeout", "0"], "argument --idle-timeout: 0 is out of range; allowed: 0.1..60 seconds"),
+    (["demo", "--idle-timeout", "2e9"], "argument --idle-timeout: 2e9 is out of range; allowed: 0.1..60 seconds"),
+    (["demo", "--idle-timeout", "nan"], "argument --idle-timeout: nan is out of range"),
+    (["demo", "--idle-timeout", "inf"], "argument --idle-timeout: inf is out of range"),
+    (["demo", "--idle-timeout", "soon"], "argument --idle-timeout: 'soon' is not a number of seconds"),
+    (["demo", "--backend", "java"], "argument --backend: invalid choice: 'java'"),
+    (["bench", "--sizes", "0"], "argument --sizes: 0 is out of range; allowed: 10.."),
+    (["bench", "--sizes", "100,ten"], "argument --sizes: 'ten' is not an integer"),
+    (["bench", "--sizes", ","], "argument --sizes: ',' holds no number"),
+    (["bench", "--sizes", "99999999"], "argument --sizes: 99999999 is out of range; allowed: 10.."),
+    (["bench", "--repeat", "-1"], "argument --repeat: -1 is out of range; allowed: 1..1000"),
+    (["bench", "--repeat", "2e9"], "argument --repeat: '2e9' is not an integer; allowed: 1..1000"),
+    (["bench", "--json", "/nonexistent/dir/bench.json"], "argument --json: can't open '/nonexistent/dir/bench.json'"),
     (["serve", "--port", "-1"], "--port"),
     (["serve", "--port", "70000"], "--port"),
     (["serve", "--keepalive-timeout", "nan"], "--keepalive-timeout"),
@@ -50,53 +85,113 @@ def test_subcommand_help(cmd, flags):
     (["nosuchcommand"], "nosuchcommand"),
     ([], "COMMAND"),
 ])
-def test_bad_flags_one_line_exit_2(args, flag):
-    r = fastka(*args)
+def test_bad_flags_one_line_exit_2(args, message):
+    r = fastka_cmd(*args)
     assert r.returncode == 2, r
     lines = r.stderr.strip().splitlines()
     errors = [ln for ln in lines if ": error: " in ln]
-    assert len(errors) == 1 and flag in errors[0], r.stderr
-    assert lines[-1] == errors[0]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+    assert lines[-1] == errors[0] and "Traceback" not in r.stderr
 
 
 def test_info():
-    import fastka as fk
-
-    r = fastka("info")
+    r = fastka_cmd("info")
     assert r.returncode == 0, r.stderr
-    d = fk.system_defaults()
-    assert f"backend: {fk.IMPLEMENTATION}" in r.stdout
+    d = fastka.system_defaults()
+    assert f"backend: {fastka.IMPLEMENTATION}" in r.stdout
     assert f"idle={d.idle} s, interval={d.interval} s, count={d.count}" in r.stdout
     assert f"= {d.detection_time:g} s" in r.stdout
-    assert ("warning:" in r.stdout) == (d.idle >= 240)
-    assert re.search(r"^io_uring socket commands: \S", r.stdout, re.M)
+    late = [name for name, t in MIDDLEBOX_IDLE_TIMEOUTS.items() if d.idle >= t]
+    assert ("warning:" in r.stdout) == bool(late)
+    for name in late:  # the table of fastka._config, not a copy
+        assert name in r.stdout
+    assert "io_uring" not in r.stdout
     assert re.search(r"^open-file limit: \d+", r.stdout, re.M)
 
 
 def test_info_on_the_fallback():
-    r = fastka("info", env={"FASTKA_NO_EXTENSIONS": "1"})
+    r = fastka_cmd("info", env=NO_EXT)
     assert r.returncode == 0, r.stderr
-    assert "backend: python" in r.stdout
-    assert "io_uring socket commands: not used by the pure-Python backend" in r.stdout
+    assert "backend: python (pure-Python fallback, forced by FASTKA_NO_EXTENSIONS)" in r.stdout
 
 
-@pytest.mark.parametrize("backend", ["c", "python"])
-def test_demo(backend):
-    if backend == "c":
-        try:
-            importlib.import_module("fastka._manager_c")
-        except ImportError as exc:
-            if os.environ.get("FASTKA_REQUIRE_EXTENSION"):
-                pytest.fail(f"compiled backend missing but FASTKA_REQUIRE_EXTENSION is set: {exc}")
-            pytest.skip(f"compiled backend not built: {exc}")
-    r = fastka("demo", "--connections", "500", "--idle-timeout", "1", "--backend", backend)
+def _demo_report(out: str, name: str, n: int, timeout_ms: float) -> None:
+    """The demo's event table for backend ``name``: every count as planned."""
+    part = out.split(f"== backend {name}: {n} connections")[1].split("\n\n")[0]
+    tenth, rest = n // 10, n - 3 * (n // 10)
+    assert re.search(rf"^RESET\s+{tenth}\s+{tenth}\s", part, re.M), part
+    assert re.search(rf"^PEER_CLOSED\s+{tenth}\s+{tenth}\s", part, re.M), part
+    m = re.search(rf"^IDLE\s+{rest}\s+{rest}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", part, re.M)
+    assert m and 0.9 * timeout_ms <= float(m.group(1)) and float(m.group(3)) < 3 * timeout_ms, part
+    assert re.search(rf"^busy \(open\)\s+{tenth}\s+{tenth}\s", part, re.M), part
+    assert "OK: counts match" in part
+
+
+def test_demo_compares_the_backends():
+    need("c")
+    r = fastka_cmd("demo", "--connections", "200", "--idle-timeout", "0.5")
     assert r.returncode == 0, r.stdout + r.stderr
-    out = r.stdout
-    assert f"== backend {backend}: 500 connections" in out
-    assert re.search(r"^RESET\s+50\s+50\s", out, re.M), out
-    assert re.search(r"^PEER_CLOSED\s+50\s+50\s", out, re.M), out
-    m = re.search(r"^IDLE\s+350\s+350\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
-    assert m and 900 <= float(m.group(1)) and float(m.group(3)) < 3000, out
-    assert re.search(r"^busy \(open\)\s+50\s+50\s", out, re.M), out
-    assert "OK: counts match" in out
+    for name in _compat.NAMES:
+        _demo_report(r.stdout, name, 200, 500)
+    table = r.stdout.split("\n\n")[-1].splitlines()
+    assert table[0].split()[:4] == ["cost", "c", "python", "python/c"]
+    assert [line.split("  ")[0] for line in table[1:]] == ["set_keepalive_many", "manager.add", "poll tick (20 ready)"]
+    for line in table[1:]:
+        assert re.search(r"\d\.\d+ us\s+\d+\.\d+ us\s+\d+\.\dx$", line), line
     assert "opening connections [" in r.stderr
+
+
+@pytest.mark.parametrize("name", _compat.NAMES)
+def test_demo_on_one_backend(name):
+    need(name)
+    r = fastka_cmd("demo", "--connections", "100", "--idle-timeout", "0.3", "--backend", name)
+    assert r.returncode == 0, r.stdout + r.stderr
+    _demo_report(r.stdout, name, 100, 300)
+    assert r.stdout.count("== backend ") == 1
+    assert r.stdout.split("\n\n")[-1].split()[:2] == ["cost", name]
+
+
+def test_demo_honours_no_extensions():
+    r = fastka_cmd("demo", "--connections", "100", "--idle-timeout", "0.3", env=NO_EXT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("backend c: skipped (FASTKA_NO_EXTENSIONS=1 forces the python backend)\n")
+    assert "== backend c" not in r.stdout
+    _demo_report(r.stdout, "python", 100, 300)
+    r = fastka_cmd("demo", "--backend", "c", env=NO_EXT)
+    assert r.returncode == 2
+    assert r.stderr == ("fastka demo: error: argument --backend: c cannot run:"
+                        " FASTKA_NO_EXTENSIONS=1 forces the python backend\n")
+
+
+@pytest.mark.parametrize("args", [["info"], ["demo", "--connections", "100", "--idle-timeout", "0.2"]])
+def test_closed_stdout_pipe_ends_quietly(args):
+    """The reader of stdout is gone before the first line: the command ends as a Unix tool
+    does, by SIGPIPE, without a traceback (the shell shows status 141)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastka", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGPIPE, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+
+
+@pytest.mark.parametrize("args,lines", [("info", 1), ("demo --connections 100 --idle-timeout 0.2", 2)])
+def test_head_of_the_output(args, lines):
+    """`fastka info | head -1`, `fastka demo | head -2` as a user types them."""
+    cmd = f"{sys.executable} -m fastka {args} | head -{lines}; echo status ${{PIPESTATUS[0]}}"
+    r = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = r.stdout.splitlines()
+    assert len(out) == lines + 1 and out[-1] in ("status 0", "status 141"), r.stdout
+    assert "Traceback" not in r.stderr and "Broken pipe" not in r.stderr, r.stderr
+
+
+def test_a_broken_pipe_elsewhere_is_not_hidden(monkeypatch, capsys):
+    """EPIPE from a subcommand's own socket is a bug to show, not a closed stdout."""
+    from fastka.cli import info
+
+    def run(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(info, "run", run)
+    with pytest.raises(BrokenPipeError):
+        cli.main(["info"])

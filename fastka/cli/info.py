@@ -1,12 +1,12 @@
 """`fastka info`: the backend in use, the kernel's keepalive defaults and what they mean,
-io_uring socket commands, the open-file limit."""
+the open-file limit."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-# Idle timeouts after which common middleboxes drop a silent TCP connection (seconds).
-MIDDLEBOXES = (("AWS NLB", 350), ("Azure Load Balancer", 240), ("GCP load balancers", 600))
+from .. import _compat
+from .._config import MIDDLEBOX_IDLE_TIMEOUTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +26,13 @@ def run(args: argparse.Namespace) -> int:
     import fastka
 
     out = sys.stdout
-    out.write(f"fastka {fastka.__version__}, backend: {fastka.IMPLEMENTATION}"
-              f" ({'compiled C core' if fastka.IMPLEMENTATION == 'c' else 'pure-Python fallback'})\n")
+    if fastka.IMPLEMENTATION == "c":
+        what = "compiled C core"
+    elif _compat.extensions_disabled():
+        what = f"pure-Python fallback, forced by {_compat.ENV_NO_EXTENSIONS}"
+    else:
+        what = f"pure-Python fallback; {_compat.unavailable_reason('c')}"
+    out.write(f"fastka {fastka.__version__}, backend: {fastka.IMPLEMENTATION} ({what})\n")
     try:
         d = fastka.system_defaults()
     except OSError as exc:
@@ -38,21 +43,15 @@ def run(args: argparse.Namespace) -> int:
             f"  a silent peer is detected after idle + interval * count = {d.detection_time:g} s"
             f" ({_duration(d.detection_time)}), on sockets that enable SO_KEEPALIVE\n"
         )
-        shortest = min(t for _, t in MIDDLEBOXES)
+        shortest = min(MIDDLEBOX_IDLE_TIMEOUTS.values())
         if d.idle >= shortest:
-            boxes = ", ".join(f"{name} {_duration(t)}" for name, t in MIDDLEBOXES if d.idle >= t)
+            boxes = ", ".join(f"{name} {_duration(t)}" for name, t in MIDDLEBOX_IDLE_TIMEOUTS.items() if d.idle >= t)
             sugg = fastka.KeepaliveConfig.within(shortest)
             out.write(
                 f"  warning: the first probe ({d.idle} s) comes after typical middlebox idle"
                 f" timeouts ({boxes}): idle connections through them are dropped silently.\n"
                 f"  use e.g. KeepaliveConfig.within({shortest}) -> {sugg!r}\n"
             )
-    if fastka.IMPLEMENTATION == "c":
-        from . import _keepalive_c
-
-        out.write(f"io_uring socket commands: {_keepalive_c.uring_status()}\n")
-    else:
-        out.write("io_uring socket commands: not used by the pure-Python backend\n")
     try:
         import resource
     except ImportError:

@@ -5,13 +5,14 @@ in one ``set_keepalive_many`` call, hands them to a manager with a short idle ti
 then, on the client side: keeps a tenth busy (a byte every quarter timeout; the server
 reads it and calls ``touch``), resets a tenth (SO_LINGER 0, close), half-closes a tenth
 (``shutdown(SHUT_WR)``) and leaves the rest idle. It prints what the manager reported and
-how long each detection took, checks that the counts match what was done (exit status 1
-if not) and repeats the run on the other backend for comparison.
+how long each detection took, and checks that the counts match what was done (exit
+status 1 if not). Each backend runs in turn; at the end a table compares what differs
+between them: the cost per connection of ``set_keepalive_many`` and ``add``, and of one
+poll tick with the busy tenth readable.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import socket
 import statistics
 import struct
@@ -19,12 +20,14 @@ import sys
 import time
 from typing import Dict, List, Tuple
 
+from .. import _compat
+from .._config import KeepaliveConfig
+from .._types import Event
+from . import _args, backends
 from ._progress import Progress
-from ._types import Event
 
 RESERVED_FDS = 64
-MODULES = {"c": ("fastka._keepalive_c", "fastka._manager_c"),
-           "python": ("fastka._keepalive_py", "fastka._manager_py")}
+CONFIG = KeepaliveConfig(idle=60, interval=10, count=5)
 
 
 def _fd_room() -> int:
@@ -45,35 +48,15 @@ def _fd_room() -> int:
     return max(0, (soft - RESERVED_FDS) // 2)
 
 
-def _connections(text: str) -> int:
-    room = _fd_room()
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 4 <= n <= room:
-        raise argparse.ArgumentTypeError(
-            f"{n} is out of range; allowed: 4..{room} (two fds per connection under the open-file limit)")
-    return n
-
-
-def _timeout(text: str) -> float:
-    try:
-        t = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.1 <= t <= 60:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed: 0.1..60 seconds")
-    return t
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--connections", type=_connections, default=None, metavar="N",
+    room = _fd_room()
+    parser.add_argument("--connections", default=None, metavar="N",
+                        type=_args.integer(10, room, " (two fds per connection under the open-file limit)"),
                         help="loopback connections to open (default 2000, fewer if the open-file limit is low)")
-    parser.add_argument("--idle-timeout", type=_timeout, default=2.0, metavar="SECONDS",
+    parser.add_argument("--idle-timeout", type=_args.seconds(0.1, 60), default=2.0, metavar="SECONDS",
                         help="the manager's idle timeout (default 2)")
-    parser.add_argument("--backend", choices=("c", "python", "both"), default="both",
-                        help="backend(s) to run on (default both: compiled first, then the fallback)")
+    parser.add_argument("--backend", choices=(*_compat.NAMES, "both"), default="both",
+                        help="backend(s) to run on (default both, one after the other)")
 
 
 def _open_pairs(n: int) -> Tuple[socket.socket, List[socket.socket], List[socket.socket]]:
@@ -103,36 +86,65 @@ def _open_pairs(n: int) -> Tuple[socket.socket, List[socket.socket], List[socket
     return listener, clients, servers
 
 
-def run_once(backend: str, n: int, idle_timeout: float) -> Tuple[bool, float]:
-    """One demo run; returns (counts matched, seconds taken)."""
-    from ._config import KeepaliveConfig
+def _best(fn, times: int = 5) -> float:
+    """The shortest of ``times`` timings of fn() (seconds)."""
+    best = float("inf")
+    for _ in range(times):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
-    ka = importlib.import_module(MODULES[backend][0])
-    mgr_mod = importlib.import_module(MODULES[backend][1])
-    print(f"\n== backend {backend}: {n} connections, idle timeout {idle_timeout:g} s ==")
-    start = time.perf_counter()
+
+def run_once(backend: _compat.Backend, n: int, idle_timeout: float) -> Tuple[bool, Dict[str, float]]:
+    """One demo run; returns (counts matched, seconds per connection of each cost measured)."""
+    print(f"\n== backend {backend.name}: {n} connections, idle timeout {idle_timeout:g} s ==")
     listener, clients, servers = _open_pairs(n)
     mgr = None
     try:
-        t = time.perf_counter()
-        failed = ka.set_keepalive_many(servers, KeepaliveConfig(idle=60, interval=10, count=5))
-        t_config = time.perf_counter() - t
-        mgr = mgr_mod.KeepaliveManager(idle_timeout=idle_timeout)
-        t = time.perf_counter()
-        for s in servers:
-            mgr.add(s)
-        t_add = time.perf_counter() - t
-        print(f"set_keepalive_many: {n} sockets in {t_config * 1e3:.2f} ms ({len(failed)} failed);"
-              f" manager.add: {t_add * 1e3:.2f} ms")
-
         tenth = max(1, n // 10)
         plan: Dict[str, List[int]] = {"busy": list(range(0, tenth)),
                                       "reset": list(range(tenth, 2 * tenth)),
                                       "half-closed": list(range(2 * tenth, 3 * tenth)),
                                       "idle": list(range(3 * tenth, n))}
+        busy = {servers[i] for i in plan["busy"]}
+        costs: Dict[str, float] = {}
+
+        def configure():
+            if backend.set_keepalive_many(servers, CONFIG):
+                raise RuntimeError("set_keepalive_many failed on connected loopback sockets")
+
+        costs["set_keepalive_many"] = _best(configure) / n
+        # The other costs on a manager of their own, so that the demo's starts with fresh clocks.
+        probe = backend.KeepaliveManager(None, close=False)
+        try:
+            t0 = time.perf_counter()
+            for s in servers:
+                probe.add(s)
+            costs["manager.add"] = (time.perf_counter() - t0) / n
+            # One poll tick with the busy tenth readable (the bytes stay unread, so every
+            # tick reports the same sockets); the first ticks wait for them to arrive.
+            for i in plan["busy"]:
+                clients[i].send(b"x")
+            seen = 0
+            while seen < len(busy):
+                seen += sum(1 for sock, ev in probe.poll(1.0) if ev == Event.READABLE and sock in busy)
+
+            def one_tick():
+                if len(probe.poll(0)) != len(busy):
+                    raise RuntimeError("a poll tick missed readable connections")
+
+            costs[f"poll tick ({len(busy)} ready)"] = _best(one_tick)
+        finally:
+            probe.close()
+        for s in busy:
+            s.recv(4096)
+        mgr = backend.KeepaliveManager(idle_timeout=idle_timeout)
+        for s in servers:
+            mgr.add(s)
+
         expected = {Event.RESET: len(plan["reset"]), Event.PEER_CLOSED: len(plan["half-closed"]),
                     Event.IDLE: len(plan["idle"])}
-        busy = {servers[i] for i in plan["busy"]}
         t0 = time.monotonic()
         linger0 = struct.pack("ii", 1, 0)
         for i in plan["reset"]:
@@ -165,7 +177,6 @@ def run_once(backend: str, n: int, idle_timeout: float) -> Tuple[bool, float]:
                         bar.update()
                     else:
                         other[Event(ev)] = other.get(Event(ev), 0) + 1
-        elapsed = time.perf_counter() - start
         still_busy = sum(1 for s in busy if s in mgr)
         ok = all(len(times[ev]) == expected[ev] for ev in expected) and not other and still_busy == len(busy)
 
@@ -179,8 +190,8 @@ def run_once(backend: str, n: int, idle_timeout: float) -> Tuple[bool, float]:
         for ev, count in other.items():
             print(f"{ev.name:<12} {0:>8} {count:>8}")
         print(f"{'busy (open)':<12} {len(busy):>8} {still_busy:>8}   ({touches} touches)")
-        print(f"{'result':<12} {'OK: counts match' if ok else 'MISMATCH'}; run took {elapsed:.2f} s")
-        return ok, elapsed
+        print("OK: counts match" if ok else "MISMATCH: the manager reported other counts than expected")
+        return ok, costs
     finally:
         if mgr is not None:
             mgr.close()
@@ -189,24 +200,42 @@ def run_once(backend: str, n: int, idle_timeout: float) -> Tuple[bool, float]:
         listener.close()
 
 
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.2f} us"
+
+
+def compare(costs: Dict[str, Dict[str, float]]) -> str:
+    """The table of costs, one column per backend, and the ratio of the first two."""
+    names = list(costs)
+    rows = [[what, *(_us(costs[b][what]) for b in names)] for what in costs[names[0]]]
+    head = ["cost", *names]
+    if len(names) > 1:
+        head.append(f"{names[1]}/{names[0]}")
+        for row, what in zip(rows, costs[names[0]]):
+            row.append(f"{costs[names[1]][what] / costs[names[0]][what]:.1f}x")
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [head] + rows]
+    note = "per connection; the poll tick per tick"
+    return "\n".join([lines[0] + f"   ({note})", *lines[1:]])
+
+
 def run(args: argparse.Namespace) -> int:
     n = args.connections if args.connections is not None else min(2000, _fd_room())
-    if n < 4:
-        print(f"fastka demo: error: the open-file limit leaves room for {n} connections; need at least 4", file=sys.stderr)
+    if n < 10:
+        print(f"fastka demo: error: the open-file limit leaves room for {n} connections; need at least 10",
+              file=sys.stderr)
         return 2
-    backends = ["c", "python"] if args.backend == "both" else [args.backend]
-    results = {}
-    for b in backends:
-        try:
-            importlib.import_module(MODULES[b][0])
-            importlib.import_module(MODULES[b][1])
-        except ImportError as exc:
-            if args.backend == "both" and b == "c":
-                print(f"\n== backend c: not built ({exc}); skipped ==")
-                continue
-            print(f"fastka demo: error: --backend {b}: not available ({exc})", file=sys.stderr)
+    chosen, skipped = backends()
+    if args.backend != "both":
+        picked = [b for b in chosen if b.name == args.backend]
+        if not picked:
+            print(f"fastka demo: error: argument --backend: {args.backend} cannot run: {skipped[args.backend]}",
+                  file=sys.stderr)
             return 2
-        results[b] = run_once(b, n, args.idle_timeout)
-    if len(results) > 1:
-        print("\n" + "  ".join(f"{b}: {t:.2f} s" for b, (_, t) in results.items()))
+        chosen, skipped = picked, {}
+    for name, why in skipped.items():
+        print(f"backend {name}: skipped ({why})")
+    results = {b.name: run_once(b, n, args.idle_timeout) for b in chosen}
+    print("\n" + compare({name: costs for name, (_, costs) in results.items()}))
     return 0 if all(ok for ok, _ in results.values()) else 1

@@ -1,0 +1,6 @@
+"""``python -m fastka.cli``: the ``fastka`` command."""
+import sys
+
+from . import main
+
+sys.exit(main())
