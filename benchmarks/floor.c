@@ -1,7 +1,7 @@
 /* The system-call floor of fastka's benchmarks: the bare calls each scenario makes, in a
  * plain C loop, with nothing else around them.
  *
- * Built at benchmark time as a shared library (fastka/_bench.py: cc -O2 -shared -fPIC)
+ * Built at benchmark time as a shared library (benchmarks/harness.py: cc -O2 -shared -fPIC)
  * and called through ctypes on the very sockets the scenario uses. One ctypes call
  * covers the whole batch (about 1 us of overhead against the milliseconds of a batch of
  * 1,000+ sockets); the single-socket scenarios pass the same fd repeated, so that one

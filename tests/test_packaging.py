@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Files of the checkout that must reach the sdist: the package (Python, Cython, stubs), the
 # C core, the tests, the benchmarks and the build configuration.
 SHIPPED = re.compile(
-    r"(fastka/[^/]+\.(py|pyi|pyx|pxd)|fastka/py\.typed|src/[^/]+\.[ch]|tests/.+\.py"
+    r"(fastka/(cli/)?[^/]+\.(py|pyi|pyx|pxd)|fastka/py\.typed|src/[^/]+\.[ch]|tests/.+\.py"
     r"|benchmarks/.+\.(py|c)|README\.md|pyproject\.toml|setup\.py|MANIFEST\.in)"
 )
 NEVER_SHIPPED = re.compile(r".*\.(so|pyd|o|pyc)|fastka/_(keepalive|manager)_c\.c|build/.*|wheelhouse/.*")
