@@ -7,6 +7,7 @@ conditions); bad arguments are in test_cli.py.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -50,10 +51,22 @@ def check_run(proc, data, names, sizes):
 def test_both_backends_and_floors(tmp_path):
     if _compat.unavailable_reason("c") is not None and not os.environ.get("FASTKA_REQUIRE_EXTENSION"):
         pytest.skip(_compat.unavailable_reason("c"))
-    out = tmp_path / "bench.json"
-    proc = bench("--sizes", "20,100", "--repeat", "1", "--json", str(out))
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []
+    proc = bench("--sizes", "20,100", "--repeat", "1", "--json", str(out), *plot)
     check_run(proc, json.loads(out.read_text()), ["c", "python"], [20, 100])
     assert "skipped" not in proc.stdout
+    if plot:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib(tmp_path):
+    """--plot where matplotlib does not import: one error line before any measuring."""
+    blocker = tmp_path / "matplotlib.py"
+    blocker.write_text("raise ImportError('no matplotlib here')\n")
+    proc = bench("--sizes", "20", "--plot", str(tmp_path / "x.png"), pythonpath=str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr == "fastka bench: error: --plot needs matplotlib (pip install 'fastka[plot]')\n"
 
 
 def test_no_extensions_runs_only_python(tmp_path):

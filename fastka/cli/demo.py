@@ -126,9 +126,12 @@ def run_once(backend: _compat.Backend, n: int, idle_timeout: float) -> Tuple[boo
             # tick reports the same sockets); the first ticks wait for them to arrive.
             for i in plan["busy"]:
                 clients[i].send(b"x")
-            seen = 0
-            while seen < len(busy):
-                seen += sum(1 for sock, ev in probe.poll(1.0) if ev == Event.READABLE and sock in busy)
+            seen: set = set()
+            deadline = time.monotonic() + 10
+            while seen != busy and time.monotonic() < deadline:
+                seen.update(sock for sock, ev in probe.poll(0.1) if ev == Event.READABLE)
+            if seen != busy:
+                raise RuntimeError(f"{len(busy - seen)} loopback connections never turned readable")
 
             def one_tick():
                 if len(probe.poll(0)) != len(busy):
