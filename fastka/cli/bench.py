@@ -287,8 +287,7 @@ class Bench:
         pool.close_peers(dead_idx)
         want = [socks[i] for i in dead_idx]
         fds = [s.fileno() for s in socks]
-        rdhup = getattr(select, "POLLRDHUP", 0)
-        gone = rdhup | select.POLLHUP | select.POLLERR
+        gone = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
         def call(fn):
             if fn(socks) != want:
@@ -297,7 +296,7 @@ class Bench:
         def floor():
             p = select.poll()
             for fd in fds:
-                p.register(fd, rdhup)
+                p.register(fd, select.POLLRDHUP)
             if sum(1 for _, ev in p.poll(0) if ev & gone) != len(want):
                 raise RuntimeError("the find_dead floor disagrees with find_dead")
 
