@@ -20,7 +20,8 @@ import tempfile
 from typing import List, Optional, Sequence
 
 from fastka import _compat
-from fastka.cli.bench import CONFIG, Pool, largest_size, raise_fd_limit, tick
+from fastka.cli import raise_fd_limit
+from fastka.cli.bench import CONFIG, Pool, largest_size, tick
 
 __all__ = ["CONFIG", "SIZES", "Floor", "Pool", "measure_memory", "tick"]
 

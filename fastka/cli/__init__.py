@@ -40,6 +40,23 @@ def backends() -> Tuple[List[_compat.Backend], Dict[str, str]]:
     return chosen, skipped
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one where allowed; returns the soft
+    limit now in force (1 << 20 for unlimited, 512 where there is no such limit)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 512
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 def build_parser(argv: List[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastka",

@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .. import _compat
 from .._config import KeepaliveConfig
-from . import _args, backends
+from . import _args, backends, raise_fd_limit
 from ._progress import Progress
 
 TICK_SIZE = 10000
@@ -45,19 +45,6 @@ TICK_SAMPLES = 5  # a tick is short: this many more samples than the other scena
 
 
 # ---- Connections ----------------------------------------------------------------------
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard one; returns the new soft limit."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 512
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
-
 
 def largest_size() -> int:
     """The most connections one process can hold: its open-file limit less a reserve,

@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 from .. import _compat
 from .._config import KeepaliveConfig
 from .._types import Event
-from . import _args, backends
+from . import _args, backends, raise_fd_limit
 from ._progress import Progress
 
 RESERVED_FDS = 64
@@ -32,20 +32,7 @@ CONFIG = KeepaliveConfig(idle=60, interval=10, count=5)
 
 def _fd_room() -> int:
     """Most connection pairs the open-file limit allows (raising the soft limit if needed)."""
-    try:
-        import resource
-    except ImportError:
-        return 500
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    return max(0, (soft - RESERVED_FDS) // 2)
+    return max(0, (raise_fd_limit() - RESERVED_FDS) // 2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
