@@ -483,6 +483,7 @@ def test_api(backend, loop_kind):
             await until(lambda: len(srv.transports) == 1)
             t = srv.transports[0]
             assert t in reaper and len(reaper) == 1 and "x" not in reaper
+            assert "1 transports" in repr(reaper)
             with pytest.raises(ValueError, match="already"):
                 reaper.add(t)
             reaper.touch(t)
@@ -501,7 +502,6 @@ def test_api(backend, loop_kind):
             await close_all([writer])
             await until(lambda: len(srv.lost) == 1)
             await srv.stop()
-            assert "1 transports" in repr(reaper)
         assert len(reaper) == 0 and "closed" in repr(reaper)
         reaper.close()  # idempotent
         with pytest.raises(ValueError, match="closed"):
