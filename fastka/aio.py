@@ -29,6 +29,7 @@ __all__ = ["KeepaliveReaper"]
 
 _GRACEFUL = frozenset((Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME))
 _DEAD = frozenset((Event.RESET, Event.TIMED_OUT, Event.ERROR))
+_TRANSPORT_METHODS = ("get_extra_info", "is_closing", "close", "abort")
 # The manager counts whole milliseconds with the clock reading rounded down; the timer
 # fires one millisecond after the deadline it reports, so no connection is closed before
 # its idle_timeout has fully passed (seconds).
@@ -86,10 +87,15 @@ class KeepaliveReaper:
         """Start the clocks of ``transport`` (and apply ``keepalive`` to its socket).
 
         Raises ValueError when the reaper is closed, the transport is already tracked or
-        already closing, TypeError when it has no socket, RuntimeError when called off
+        already closing, TypeError when it is not a transport or has no socket, RuntimeError when called off
         the reaper's loop, OSError when the socket cannot be watched or configured.
         """
         self._check_open()
+        if not all(callable(getattr(transport, m, None)) for m in _TRANSPORT_METHODS):
+            raise TypeError(
+                f"transport must be an asyncio transport (with {', '.join(_TRANSPORT_METHODS)}), "
+                f"not {type(transport).__name__}: {transport!r}"
+            )
         if transport in self._fds:
             raise ValueError(f"{transport!r} is already in this reaper")
         if transport.is_closing():

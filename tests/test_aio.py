@@ -495,6 +495,11 @@ def test_api(backend, loop_kind):
             assert t in reaper
             with pytest.raises(TypeError, match="socket"):
                 reaper.add(_NoSocket())
+            for bad in (42, None, srv.transports[0].get_extra_info("socket")):
+                with pytest.raises(TypeError, match="asyncio transport"):
+                    reaper.add(bad)
+            with pytest.raises(TypeError, match="unhashable"):
+                reaper.touch([])
             t.close()
             with pytest.raises(ValueError, match="closing"):
                 reaper.add(_Closing())
@@ -515,6 +520,12 @@ def test_api(backend, loop_kind):
 class _NoSocket:
     def is_closing(self) -> bool:
         return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
 
     def get_extra_info(self, name, default=None):
         return default
@@ -551,3 +562,29 @@ def test_used_from_a_second_loop_is_an_error(backend):
     with pytest.raises(RuntimeError, match="event loop"):
         asyncio.run(enter())
     reaper.close()
+
+
+def test_reaper_never_reads_a_byte(backend, loop_kind):
+    """Data (and a FIN behind it) that asyncio has not read yet stays in the socket for
+    asyncio: the reaper reports nothing until it is read, then asyncio gets all of it."""
+    events = []
+
+    async def main():
+        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        srv = Server(reaper, pause=True)
+        port = await srv.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await until(lambda: len(srv.transports) == 1 and not srv.transports[0].is_reading())
+        writer.write(b"one\ntwo\n")
+        writer.write_eof()
+        await asyncio.sleep(0.3)  # the manager re-checks a FIN behind unread data every 100 ms
+        assert events == [] and srv.transports[0] in reaper
+        srv.transports[0].resume_reading()
+        assert await asyncio.wait_for(reader.read(), 5) == RESPONSE * 2  # both requests reached asyncio
+        writer.close()
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+
+    run(loop_kind, main)
+    assert events in ([], [Event.PEER_CLOSED])
