@@ -181,14 +181,12 @@ cdef class KeepaliveManager:
         if fstat(fd, &st) < 0:  # in C: os.fstat would let other threads run
             r = c_errno
             raise OSError(r, f"cannot add fd {fd}: {os.strerror(r)}")
-        if self._keepalive is not None:
-            r = fk_keepalive_matches(fd, &self._ka)
-            if r == 0:
-                r = fk_keepalive_apply(fd, &self._ka, &failed)
-                if r < 0:
-                    raise keepalive_error(-r, fd, failed.decode() if failed != NULL else "SO_KEEPALIVE")
-            elif r < 0:
-                raise keepalive_error(-r, fd, "SO_KEEPALIVE")
+        # Skipped where the socket carries the config already (inherited from a listener);
+        # an unreadable socket is applied anyway, so it fails as set_keepalive fails.
+        if self._keepalive is not None and fk_keepalive_matches(fd, &self._ka) != 1:
+            r = fk_keepalive_apply(fd, &self._ka, &failed)
+            if r < 0:
+                raise keepalive_error(-r, fd, failed.decode() if failed != NULL else "SO_KEEPALIVE")
         if fd >= len(self._objs):  # a new list of the exact size: no over-allocation
             self._objs = self._objs + [None] * ((fd // FK_SLOT_STEP + 1) * FK_SLOT_STEP - len(self._objs))
         r = fk_mgr_add(&self.m, fd, now)

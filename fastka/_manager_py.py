@@ -392,12 +392,18 @@ class KeepaliveManager:
             self._arm(now)
 
     def _apply_keepalive(self, sock: Any, fd: int) -> None:
+        """set_keepalive's plan, skipped where the socket carries the config already
+        (inherited from a listener); an unreadable socket fails as set_keepalive fails."""
         from . import _keepalive_py
 
         cfg = self._keepalive
-        st = _keepalive_py.get_keepalive(fd)
+        try:
+            st = _keepalive_py.get_keepalive(fd)
+        except OSError:
+            st = None
         if not (
-            st.enabled
+            st is not None
+            and st.enabled
             and st.idle == cfg.idle
             and st.interval == cfg.interval
             and st.count == cfg.count

@@ -496,3 +496,30 @@ def test_transport_sockets_under_event_loops(loops_warmed, backend, new_loop):
         loop.run_until_complete(_transport_scenario(backend, 20))
     finally:
         loop.close()
+
+
+def test_keepalive_on_a_udp_socket_same_error_on_both_backends():
+    """The manager applies keepalive through set_keepalive's plan on both backends, so a
+    socket that refuses it fails with the same error, naming the same option."""
+    from fastka import _compat
+
+    msgs = []
+    for name in _compat.NAMES:
+        try:
+            backend = _compat.load(name)
+        except _compat.BackendUnavailable as exc:
+            pytest.skip(str(exc))
+        m = backend.KeepaliveManager(None, keepalive=KeepaliveConfig(user_timeout=2.007))
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            with pytest.raises(OSError) as info:
+                m.add(u)
+            msgs.append((info.value.errno, str(info.value).replace(f"fd {u.fileno()}", "fd N")))
+            with pytest.raises(OSError) as direct:
+                backend.set_keepalive(u, KeepaliveConfig(user_timeout=2.007))
+            assert str(direct.value) == str(info.value)
+            assert len(m) == 0
+        finally:
+            u.close()
+            m.close()
+    assert msgs[0] == msgs[1]
