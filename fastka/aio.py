@@ -1,10 +1,12 @@
 """Keep-alive limits for asyncio transports (asyncio's own loop and uvloop).
 
 :class:`KeepaliveReaper` puts a :class:`fastka.KeepaliveManager` under an event loop with
-one loop reader (the manager's ``fileno()``) and at most one loop timer (the manager's
-``next_deadline()``) for all its connections, however many there are. Reads stay with
-asyncio: the manager watches with ``watch_readable=False`` and ``close=False``, so it only
-peeks for a peer close, reset or timeout, and every close goes through the transport.
+one loop reader, the manager's ``fileno()``, for all its connections, however many there
+are: the manager's fd is readable when a connection's socket reports a close, reset or
+error, when a deadline has passed and when a touch reached ``max_requests``, so the reaper
+needs no loop timer at all. Reads stay with asyncio: the manager watches with
+``watch_readable=False`` and ``close=False``, so it only peeks for a peer close, reset or
+timeout, and every close goes through the transport.
 
 What the reaper does on each :class:`fastka.Event`:
 
@@ -30,10 +32,6 @@ __all__ = ["KeepaliveReaper"]
 _GRACEFUL = frozenset((Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME))
 _DEAD = frozenset((Event.RESET, Event.TIMED_OUT, Event.ERROR))
 _TRANSPORT_METHODS = ("get_extra_info", "is_closing", "close", "abort")
-# The manager counts whole milliseconds with the clock reading rounded down; the timer
-# fires one millisecond after the deadline it reports, so no connection is closed before
-# its idle_timeout has fully passed (seconds).
-_TIMER_SLACK = 0.001
 
 OnEvent = Callable[[asyncio.WriteTransport, Event], object]
 
@@ -72,13 +70,10 @@ class KeepaliveReaper:
             close=False,
             watch_readable=False,
         )
-        self._limited = max_requests is not None
         self._on_event = on_event
         self._fds: Dict[asyncio.WriteTransport, int] = {}  # transport -> fd given to the manager
         self._transports: Dict[int, asyncio.WriteTransport] = {}  # fd -> transport
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._soon: Optional[asyncio.Handle] = None
         self._closed = False
 
     # -- public API ----------------------------------------------------------------------
@@ -113,22 +108,17 @@ class KeepaliveReaper:
         self._mgr.add(fd)
         self._fds[transport] = fd
         self._transports[fd] = transport
-        if self._timer is None:
-            self._arm()
 
     def touch(self, transport: asyncio.WriteTransport) -> None:
         """One request served on ``transport``: restart its idle clock and count it.
 
-        O(1) and no system call. A transport the reaper does not track (never added, or
-        already reaped) is ignored, so a request that races its connection's expiry
-        needs no guard.
+        O(1) and no system call (except on the touch that reaches ``max_requests``, which
+        wakes the loop). A transport the reaper does not track (never added, or already
+        reaped) is ignored, so a request that races its connection's expiry needs no guard.
         """
         fd = self._fds.get(transport)
-        if fd is None:
-            return
-        self._mgr.touch(fd)
-        if self._limited and self._soon is None and self._mgr.next_deadline() == 0.0:
-            self._soon = self._loop.call_soon(self._on_soon)  # type: ignore[union-attr]
+        if fd is not None:
+            self._mgr.touch(fd)
 
     def discard(self, transport: asyncio.WriteTransport) -> None:
         """Stop tracking ``transport`` if it is tracked (never an error; never closes it)."""
@@ -149,18 +139,14 @@ class KeepaliveReaper:
         return transport in self._fds
 
     def close(self) -> None:
-        """Stop reaping: the loop reader and timer go, tracked transports stay open and
-        are forgotten. Idempotent."""
+        """Stop reaping: the loop reader goes, tracked transports stay open and are
+        forgotten. Idempotent."""
         if self._closed:
             return
         self._closed = True
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.remove_reader(self._mgr.fileno())
-        for handle in (self._timer, self._soon):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._soon = None
         self._fds.clear()
         self._transports.clear()
         self._mgr.close()
@@ -187,36 +173,10 @@ class KeepaliveReaper:
         """Attach to the running loop (once): the manager's fd becomes a loop reader."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
-            loop.add_reader(self._mgr.fileno(), self._on_readable)
+            loop.add_reader(self._mgr.fileno(), self._reap)
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError("a KeepaliveReaper is used from the event loop it was first used on only")
-
-    def _arm(self) -> None:
-        """Keep the one timer at or before the manager's next deadline. A timer that fires
-        early (touches moved the deadline) finds nothing due and re-arms."""
-        delay = self._mgr.next_deadline()
-        if delay is None:
-            return
-        loop = self._loop
-        assert loop is not None
-        when = loop.time() + delay + _TIMER_SLACK
-        if self._timer is not None:
-            if self._timer.when() <= when:
-                return
-            self._timer.cancel()
-        self._timer = loop.call_at(when, self._on_timer)
-
-    def _on_readable(self) -> None:
-        self._reap()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._reap()
-
-    def _on_soon(self) -> None:
-        self._soon = None
-        self._reap()
 
     def _reap(self) -> None:
         if self._closed:
@@ -234,8 +194,6 @@ class KeepaliveReaper:
             if transport.is_closing():
                 continue  # closed by its owner meanwhile: nothing to do, nothing to report
             self._act(transport, event)
-        if not self._closed:
-            self._arm()
 
     def _act(self, transport: asyncio.WriteTransport, event: Event) -> None:
         try:

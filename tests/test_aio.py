@@ -16,6 +16,9 @@ from fastka.aio import KeepaliveReaper
 
 LOOPS = ("asyncio", "uvloop")
 RESPONSE = b"ok\n"
+# The manager keeps time in whole milliseconds with the clock reading rounded down, so a
+# deadline can pass up to one millisecond before its exact time (seconds).
+CLOCK_GRAIN = 0.001
 
 
 @pytest.fixture(params=LOOPS)
@@ -202,7 +205,7 @@ def test_thousand_idle_connections_close_at_idle_timeout(backend, loop_kind):
     srv, results = run(loop_kind, main)
     since_sent = sorted(r[0] for r in results)
     since_answer = sorted(r[1] for r in results)
-    assert since_sent[0] >= idle, f"closed {idle - since_sent[0]:.4f} s before idle_timeout"
+    assert since_sent[0] >= idle - CLOCK_GRAIN, f"closed {idle - since_sent[0]:.4f} s before idle_timeout"
     p99 = since_answer[int(len(since_answer) * 0.99) - 1]
     assert p99 <= idle + 0.1, f"p99 EOF {p99:.3f} s after the response, idle_timeout {idle}"
     assert events == [Event.IDLE] * n
@@ -441,9 +444,10 @@ def test_keepalive_config_applied_on_add(backend, loop_kind):
     assert (state.enabled, state.idle, state.interval, state.count) == (True, 17, 4, 3)
 
 
-def test_one_reader_and_at_most_one_timer(backend):
-    """asyncio's loop shows its scheduled timers: the reaper keeps one, however many
-    connections it tracks."""
+def test_one_reader_and_no_timer(backend):
+    """asyncio's loop shows its readers and scheduled timers: the reaper has one reader
+    (the manager's fd, which rings at deadlines) and no timer, however many connections
+    it tracks."""
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -454,7 +458,7 @@ def test_one_reader_and_at_most_one_timer(backend):
         for reader, writer in pairs[::2]:
             await request(reader, writer)
         await until(lambda: len(srv.transports) == 200)
-        timers = [h for h in loop._scheduled if not h.cancelled()]  # the reaper's and this test's
+        timers = [h for h in loop._scheduled if not h.cancelled()]  # this test's: wait_for, sleep
         ours = [h for h in timers if getattr(h._callback, "__self__", None) is reaper]
         readers = [k for k in loop._selector.get_map().values() if k.fd == reaper._mgr.fileno()]
         for reader, _ in pairs:
@@ -466,7 +470,7 @@ def test_one_reader_and_at_most_one_timer(backend):
         return timers, ours, readers
 
     timers, ours, readers = run("asyncio", main)
-    assert len(ours) == 1 and len(timers) <= 3 and len(readers) == 1
+    assert ours == [] and len(timers) <= 2 and len(readers) == 1
 
 
 # -- the API surface --------------------------------------------------------------------
