@@ -129,8 +129,7 @@ class KeepaliveReaper:
         if fd is None:
             return
         del self._transports[fd]
-        if fd in self._mgr:
-            self._mgr.remove(fd)
+        self._mgr.discard(fd)
 
     def __len__(self) -> int:
         return len(self._fds)
