@@ -592,3 +592,53 @@ def test_reaper_never_reads_a_byte(backend, loop_kind):
 
     run(loop_kind, main)
     assert events in ([], [Event.PEER_CLOSED])
+
+
+class _FailingClose(Spy):
+    def close(self) -> None:
+        self.calls.append("close")
+        self.transport.close()
+        raise RuntimeError("close failed")
+
+
+def test_transport_and_manager_failures_go_to_the_loop_handler(backend, loop_kind):
+    """A transport whose close() raises, and a manager poll() that raises once: each is
+    logged through the loop's exception handler, the event is still reported, and the
+    reaper keeps reaping."""
+    logged, events = [], []
+    real = backend.load()
+
+    class FlakyManager(real.KeepaliveManager):
+        failed = False
+
+        def poll(self, timeout=None):
+            if not FlakyManager.failed:
+                FlakyManager.failed = True
+                raise OSError("poll failed once")
+            return super().poll(timeout)
+
+    class FlakyBackend:
+        KeepaliveManager = FlakyManager
+
+    async def main():
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: logged.append(context))
+        reaper = KeepaliveReaper(0.1, on_event=lambda t, e: events.append(e), _backend=FlakyBackend())
+        srv = Server(reaper)
+        port = await srv.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await until(lambda: len(srv.transports) == 1)
+        reaper.discard(srv.transports[0])
+        wrapped = _FailingClose(srv.transports[0])
+        reaper.add(wrapped)
+        await wait_for_eof(reader, 2)
+        await close_all([writer])
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+        return wrapped
+
+    wrapped = run(loop_kind, main)
+    assert wrapped.calls == ["close"] and events == [Event.IDLE]
+    assert [type(c["exception"]) for c in logged] == [OSError, RuntimeError]
+    assert "poll() failed" in logged[0]["message"] and "IDLE failed" in logged[1]["message"]
+    assert logged[1]["transport"] is wrapped
