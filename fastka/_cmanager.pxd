@@ -43,6 +43,7 @@ cdef extern from "manager.h" nogil:
     int fk_mgr_has(const fk_manager *m, int fd)
     int fk_mgr_add(fk_manager *m, int fd, int64_t now)
     int fk_mgr_remove(fk_manager *m, int fd)
+    int fk_mgr_forget(fk_manager *m, int fd)
     int fk_mgr_touch(fk_manager *m, int fd, int64_t now)
     int64_t fk_mgr_earliest(const fk_manager *m)
     int fk_mgr_wait(fk_manager *m, epoll_event *evs, int n, int timeout_ms)
@@ -54,3 +55,6 @@ cdef extern from "manager.h" nogil:
     int fk_mgr_queued(const fk_manager *m)
     int fk_mgr_draining(const fk_manager *m, int *fds, int n)
     int fk_mgr_next_expired(const fk_manager *m, int64_t now, int *event)
+
+cdef extern from "pysocket.h":
+    int fk_pysocket_fd(object o)

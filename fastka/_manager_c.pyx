@@ -12,7 +12,7 @@ after C state changes, never in the middle, and the slot is re-checked afterward
 import errno
 import math
 import os
-import time
+import socket
 
 from libc.errno cimport errno as c_errno
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
@@ -24,9 +24,9 @@ from fastka._cmanager cimport (
     EPOLLRDHUP, FK_EV_ERROR, FK_EV_IDLE, FK_EV_MAX_LIFETIME, FK_EV_MAX_REQUESTS, FK_EV_NONE,
     FK_EV_PEER_CLOSED, FK_EV_READABLE, FK_EV_RESET, FK_EV_TIMED_OUT, FK_MAX_REQUESTS,
     FK_NEVENTS, FK_OWN_CONTROL, FK_OWN_STALE, FK_SLOT_STEP, epoll_event, fk_manager, fk_mgr_add,
-    fk_mgr_arm, fk_mgr_classify, fk_mgr_destroy, fk_mgr_draining, fk_mgr_earliest, fk_mgr_has,
+    fk_mgr_arm, fk_mgr_classify, fk_mgr_destroy, fk_mgr_draining, fk_mgr_earliest, fk_mgr_forget, fk_mgr_has,
     fk_mgr_init, fk_mgr_next_expired, fk_mgr_now, fk_mgr_owner, fk_mgr_queued, fk_mgr_rebuild,
-    fk_mgr_remove, fk_mgr_touch, fk_mgr_wait, fk_mgr_wake,
+    fk_mgr_remove, fk_mgr_touch, fk_mgr_wait, fk_mgr_wake, fk_pysocket_fd,
 )
 
 from . import _manager_common as common
@@ -53,6 +53,7 @@ def _by_code():
 
 
 cdef tuple EVENTS = _by_code()
+cdef object SOCKET = socket.socket
 cdef object READABLE = Event.READABLE
 cdef object MAX_REQUESTS = Event.MAX_REQUESTS
 cdef int64_t DRAIN_CHECK_MS = common.DRAIN_CHECK_MS
@@ -124,7 +125,10 @@ cdef class KeepaliveManager:
             raise ValueError("I/O operation on closed manager")
 
     cdef bint _fresh(self, object obj, int fd):
-        """Does obj still own fd? A fileno() that raises means it does not."""
+        """Does obj still own fd? A fileno() that raises means it does not. A plain
+        socket.socket is asked at C level (its fd field), anything else through fileno()."""
+        if type(obj) is SOCKET:
+            return fk_pysocket_fd(obj) == fd
         if isinstance(obj, int):
             return True
         try:
@@ -137,6 +141,15 @@ cdef class KeepaliveManager:
 
     cdef _forget(self, int fd):
         fk_mgr_remove(&self.m, fd)
+        self._objs[fd] = None
+
+    cdef _drop(self, int fd):
+        """Forget a connection poll() reports as gone. When the manager closes it, closing
+        takes it out of the epoll set: no epoll_ctl (a stale registration is rebuilt)."""
+        if self._close:
+            fk_mgr_forget(&self.m, fd)
+        else:
+            fk_mgr_remove(&self.m, fd)
         self._objs[fd] = None
 
     cdef object _lookup(self, sock):
@@ -268,12 +281,11 @@ cdef class KeepaliveManager:
 
     cdef list _poll(self, limit_ms):
         cdef int n, wait
-        cdef int64_t d, now
-        cdef double end = -1.0
+        cdef int64_t d, now, left, end = -1  # end: CLOCK_MONOTONIC ms, whatever the clock
         if limit_ms is not None:
-            end = time.monotonic() + limit_ms / 1000.0
+            end = fk_mgr_now() + <int64_t>limit_ms
+        now = self._now()
         while True:
-            now = self._now()
             d = fk_mgr_earliest(&self.m)
             if d == INT64_MAX:
                 wait = -1
@@ -284,26 +296,25 @@ cdef class KeepaliveManager:
             if self.m.ndraining:
                 wait = DRAIN_CHECK_MS if wait < 0 else min(wait, DRAIN_CHECK_MS)
             if end >= 0:
-                left = max(0, math.ceil((end - time.monotonic()) * 1000))
-                left = min(left, MAX_WAIT_MS)
-                wait = left if wait < 0 else min(wait, left)
+                left = min(max(0, end - fk_mgr_now()), MAX_WAIT_MS)
+                wait = <int>left if wait < 0 else <int>min(wait, left)
             with nogil:  # deadlines that move sooner meanwhile fire the timerfd
                 n = fk_mgr_wait(&self.m, self._evs, FK_NEVENTS, wait)
             if n == -errno.EINTR:
                 n = 0
             elif n < 0:
                 raise OSError(-n, f"epoll_wait: {os.strerror(-n)}")
-            events = self._collect(n)
-            if events or (end >= 0 and time.monotonic() >= end):
+            now = self._now()  # the one clock read of this tick
+            events = self._collect(n, now)
+            if events or (end >= 0 and fk_mgr_now() >= end):
                 return events
 
-    cdef list _collect(self, int n):
+    cdef list _collect(self, int n, int64_t now):
         cdef list events = []
         cdef int fd, i, ev, k = 0
         cdef uint32_t bits
         cdef int *drain = NULL
         cdef bint stale = False
-        cdef int64_t now
         if self.m.ndraining:  # before any event changes the draining set
             drain = <int *>malloc(self.m.ndraining * sizeof(int))
             if drain == NULL:
@@ -336,11 +347,11 @@ cdef class KeepaliveManager:
                     continue
                 if self._objs[fd] is not obj or not fk_mgr_has(&self.m, fd):
                     continue
-                ev = fk_mgr_classify(&self.m, fd, bits, self._now())
+                ev = fk_mgr_classify(&self.m, fd, bits, now)
                 if ev == FK_EV_READABLE:
                     events.append((obj, READABLE))
                 elif ev != FK_EV_NONE:
-                    self._forget(fd)
+                    self._drop(fd)
                     events.append((obj, EVENTS[ev]))
                     if self._close:
                         common.close_dropped(obj, fd, EVENTS[ev])
@@ -350,7 +361,6 @@ cdef class KeepaliveManager:
             r = fk_mgr_rebuild(&self.m)
             if r < 0:
                 raise OSError(-r, f"cannot rebuild the manager's epoll set: {os.strerror(-r)}")
-        now = self._now()
         while True:
             fd = fk_mgr_next_expired(&self.m, now, &ev)
             if fd < 0:
@@ -362,7 +372,7 @@ cdef class KeepaliveManager:
     cdef _settle(self, int fd, ev, list events):
         """Report and drop fd with ev, or drop it silently when its slot is stale."""
         obj = self._objs[fd]
-        self._forget(fd)  # C state first: the checks below may run Python code
+        self._drop(fd)  # C state first: the checks below may run Python code
         if self._fresh(obj, fd):
             events.append((obj, ev))
             if self._close:

@@ -21,7 +21,9 @@ An event source: ``fileno()`` is readable whenever ``poll()`` has work. I/O read
 shows through it directly; a queued MAX_REQUESTS writes a byte to a wake-up socket that
 the poller watches; deadlines are rung on the same socket by an alarm thread (one per
 manager, started on the first deadline, asleep until the earliest one). The compiled
-backend uses an eventfd and a timerfd instead of the socket and the thread.
+backend uses an eventfd and a timerfd instead of the socket and the thread. Where the
+selector has no fd of its own (select and poll: Windows, some Unixes) ``fileno()`` raises
+io.UnsupportedOperation and ``next_deadline()`` is the way to schedule ``poll()``.
 
 fd reuse: before acting on a slot the manager checks that the object still has the fd it
 was added with (``obj.fileno() == fd``; a closed ``socket.socket`` returns -1; a
@@ -40,11 +42,13 @@ it is reported. Users who dup() a tracked socket should remove() it before closi
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
 import select
 import selectors
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -83,7 +87,14 @@ class _Poller:
         self.reports_rdhup = self.tracks_files = self._ep is not None
 
     def fileno(self) -> int:
-        return self._src.fileno() if self._src is not None else self._sel.fileno()
+        if self._src is not None:
+            return self._src.fileno()
+        fileno = getattr(self._sel, "fileno", None)  # kqueue, devpoll have one
+        if fileno is None:
+            raise io.UnsupportedOperation(
+                f"{type(self._sel).__name__} has no fd to nest in an event loop on {sys.platform}: use next_deadline()"
+            )
+        return fileno()
 
     @staticmethod
     def _mask(readable: bool) -> int:

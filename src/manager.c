@@ -168,7 +168,7 @@ int fk_mgr_add(struct fk_manager *m, int fd, int64_t now)
     return 0;
 }
 
-int fk_mgr_remove(struct fk_manager *m, int fd)
+int fk_mgr_forget(struct fk_manager *m, int fd)
 {
     struct fk_slot *s;
     if (!fk_mgr_has(m, fd))
@@ -182,9 +182,16 @@ int fk_mgr_remove(struct fk_manager *m, int fd)
         m->ndraining--;
     s->used = s->queued = s->draining = 0;
     m->count--;
-    /* ENOENT/EBADF when the fd was closed (and maybe reused) behind our back: fine. */
-    epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, NULL);
     return 0;
+}
+
+int fk_mgr_remove(struct fk_manager *m, int fd)
+{
+    int r = fk_mgr_forget(m, fd);
+    /* ENOENT/EBADF when the fd was closed (and maybe reused) behind our back: fine. */
+    if (r == 0)
+        epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, NULL);
+    return r;
 }
 
 int fk_mgr_touch(struct fk_manager *m, int fd, int64_t now)

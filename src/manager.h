@@ -26,7 +26,7 @@
 #define FK_NIL (-1)
 #define FK_MAX_REQUESTS ((1u << 29) - 1) /* the largest max_requests (a 29-bit count) */
 #define FK_SLOT_STEP 1024                /* the slot table grows in steps of this many */
-#define FK_NEVENTS 1024                  /* epoll events taken per wait */
+#define FK_NEVENTS 4096                  /* epoll events taken per wait (48 KiB) */
 #define FK_OWN_CONTROL (-2)              /* fk_mgr_owner: the wake-up or timer fd */
 #define FK_OWN_STALE (-1)                /* fk_mgr_owner: a registration no slot owns */
 
@@ -65,6 +65,10 @@ int fk_mgr_has(const struct fk_manager *m, int fd);
 int fk_mgr_add(struct fk_manager *m, int fd, int64_t now);
 /* Forget fd (and take it out of the epoll set, ignoring errors): 0 or -ENOENT. */
 int fk_mgr_remove(struct fk_manager *m, int fd);
+/* Forget fd but leave its registration, for a caller about to close it: closing the
+ * last descriptor of a file takes it out of every epoll set. Should the file live on
+ * elsewhere, its readiness is recognised as stale (fk_mgr_owner) and the set rebuilt. */
+int fk_mgr_forget(struct fk_manager *m, int fd);
 /* 1 when this touch reached max_requests, 0 otherwise, -ENOENT. */
 int fk_mgr_touch(struct fk_manager *m, int fd, int64_t now);
 /* The earliest deadline in ms; INT64_MIN when a MAX_REQUESTS is queued; INT64_MAX none. */
