@@ -8,6 +8,11 @@ needs no loop timer at all. Reads stay with asyncio: the manager watches with
 ``watch_readable=False`` and ``close=False``, so it only peeks for a peer close, reset or
 timeout, and every close goes through the transport.
 
+Where the manager has no fd to nest (the fallback's select/poll selectors: Windows, some
+Unixes) or the loop has no ``add_reader`` (asyncio's proactor loop on Windows), one loop
+timer at the manager's ``next_deadline()`` drives ``poll()`` instead, at least every
+``IO_CHECK`` seconds so that closes, resets and dead peers are still noticed.
+
 What the reaper does on each :class:`fastka.Event`:
 
 * ``IDLE``, ``MAX_REQUESTS``, ``MAX_LIFETIME``: ``transport.close()`` (buffered data is
@@ -21,13 +26,18 @@ after the reaper acted on it, and the transport is no longer tracked.
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any, Callable, Dict, Optional
 
 from . import _compat
 from ._config import KeepaliveConfig
 from ._types import Event
 
-__all__ = ["KeepaliveReaper"]
+__all__ = ["KeepaliveReaper", "IO_CHECK"]
+
+IO_CHECK = 1.0
+"""Seconds: the longest the timer-driven reaper (no fd to nest, see above) waits between
+two polls while it tracks connections."""
 
 _GRACEFUL = frozenset((Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME))
 _DEAD = frozenset((Event.RESET, Event.TIMED_OUT, Event.ERROR))
@@ -71,9 +81,13 @@ class KeepaliveReaper:
             watch_readable=False,
         )
         self._on_event = on_event
+        self._check_limit = max_requests is not None  # in timer mode only: see _bind()
         self._fds: Dict[asyncio.WriteTransport, int] = {}  # transport -> fd given to the manager
         self._transports: Dict[int, asyncio.WriteTransport] = {}  # fd -> transport
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._reader = False  # the manager's fd is a loop reader (else: timer mode)
+        self._timer: Optional[asyncio.Handle] = None  # uvloop gives a plain Handle when due
+        self._timer_when = 0.0  # loop.time() the timer was set for
         self._closed = False
 
     # -- public API ----------------------------------------------------------------------
@@ -108,6 +122,8 @@ class KeepaliveReaper:
         self._mgr.add(fd)
         self._fds[transport] = fd
         self._transports[fd] = transport
+        if not self._reader and self._timer is None:
+            self._arm()
 
     def touch(self, transport: asyncio.WriteTransport) -> None:
         """One request served on ``transport``: restart its idle clock and count it.
@@ -119,6 +135,8 @@ class KeepaliveReaper:
         fd = self._fds.get(transport)
         if fd is not None:
             self._mgr.touch(fd)
+            if self._check_limit and not self._reader and self._mgr.next_deadline() == 0.0:
+                self._arm()  # the limit was reached: poll on the loop's next turn
 
     def discard(self, transport: asyncio.WriteTransport) -> None:
         """Stop tracking ``transport`` if it is tracked (never an error; never closes it)."""
@@ -144,8 +162,11 @@ class KeepaliveReaper:
             return
         self._closed = True
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if self._reader and loop is not None and not loop.is_closed():
             loop.remove_reader(self._mgr.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._fds.clear()
         self._transports.clear()
         self._mgr.close()
@@ -169,13 +190,41 @@ class KeepaliveReaper:
             raise ValueError("operation on a closed KeepaliveReaper")
 
     def _bind(self) -> None:
-        """Attach to the running loop (once): the manager's fd becomes a loop reader."""
+        """Attach to the running loop (once): the manager's fd becomes a loop reader, or
+        where that cannot be, polls follow one timer."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
-            loop.add_reader(self._mgr.fileno(), self._reap)
+            try:
+                loop.add_reader(self._mgr.fileno(), self._reap)
+                self._reader = True
+            except (io.UnsupportedOperation, NotImplementedError):
+                self._reader = False
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError("a KeepaliveReaper is used from the event loop it was first used on only")
+
+    def _arm(self) -> None:
+        """Timer mode: keep the one timer at or before the next deadline, and at most
+        IO_CHECK seconds away while connections are tracked. A timer that fires early
+        (touches moved the deadline) finds nothing due and is set again."""
+        loop = self._loop
+        assert loop is not None
+        delay = self._mgr.next_deadline()
+        if self._fds:
+            delay = IO_CHECK if delay is None else min(delay, IO_CHECK)
+        if delay is None:
+            return
+        when = loop.time() + delay
+        if self._timer is not None:
+            if self._timer_when <= when:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._on_timer)
+        self._timer_when = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._reap()
 
     def _reap(self) -> None:
         if self._closed:
@@ -193,6 +242,8 @@ class KeepaliveReaper:
             if transport.is_closing():
                 continue  # closed by its owner meanwhile: nothing to do, nothing to report
             self._act(transport, event)
+        if not self._reader and not self._closed:
+            self._arm()
 
     def _act(self, transport: asyncio.WriteTransport, event: Event) -> None:
         try:

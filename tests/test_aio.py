@@ -5,6 +5,7 @@ loop error logged and no fd closed behind the loop."""
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import struct
 import time
@@ -26,6 +27,27 @@ def loop_kind(request) -> str:
     if request.param == "uvloop":
         pytest.importorskip("uvloop")
     return request.param
+
+
+@pytest.fixture(params=("reader", "timer"))
+def reaper_backend(request, backend):
+    """The backend for ``KeepaliveReaper(_backend=...)``: as it is (the manager's fd is a
+    loop reader), or with a manager whose fileno() is unsupported, as the fallback's
+    select/poll selectors are, so that one timer drives the reaper."""
+    real = backend.load()
+    return real if request.param == "reader" else _without_fd(real)
+
+
+def _without_fd(real):
+    class NoFdManager(real.KeepaliveManager):
+        def fileno(self):
+            raise io.UnsupportedOperation("no fd to nest (as select and poll selectors)")
+
+    class NoFdBackend:
+        name = real.name
+        KeepaliveManager = NoFdManager
+
+    return NoFdBackend()
 
 
 def _warm_uvloop() -> None:
@@ -173,13 +195,13 @@ async def close_all(writers) -> None:
 # -- the behaviour the issue asks for -------------------------------------------------
 
 
-def test_thousand_idle_connections_close_at_idle_timeout(backend, loop_kind):
+def test_thousand_idle_connections_close_at_idle_timeout(reaper_backend, loop_kind):
     idle = 0.5
     n = 1000
     events = []
 
     async def main():
-        reaper = KeepaliveReaper(idle, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        reaper = KeepaliveReaper(idle, on_event=lambda t, e: events.append(e), _backend=reaper_backend)
         srv = Server(reaper)
         port = await srv.start()
 
@@ -212,9 +234,9 @@ def test_thousand_idle_connections_close_at_idle_timeout(backend, loop_kind):
     assert all(exc is None for _, exc in srv.lost)
 
 
-def test_request_reaching_max_requests_gets_fin_right_after_response(backend, loop_kind):
+def test_request_reaching_max_requests_gets_fin_right_after_response(reaper_backend, loop_kind):
     async def main():
-        reaper = KeepaliveReaper(30.0, max_requests=3, _backend=backend.load())
+        reaper = KeepaliveReaper(30.0, max_requests=3, _backend=reaper_backend)
         srv = Server(reaper, spy=True)
         port = await srv.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -233,9 +255,9 @@ def test_request_reaching_max_requests_gets_fin_right_after_response(backend, lo
     assert srv.transports[0].calls == ["close"]
 
 
-def test_pipelined_requests_are_flushed_before_the_fin(backend, loop_kind):
+def test_pipelined_requests_are_flushed_before_the_fin(reaper_backend, loop_kind):
     async def main():
-        reaper = KeepaliveReaper(30.0, max_requests=2, _backend=backend.load())
+        reaper = KeepaliveReaper(30.0, max_requests=2, _backend=reaper_backend)
         srv = Server(reaper)
         port = await srv.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -250,11 +272,11 @@ def test_pipelined_requests_are_flushed_before_the_fin(backend, loop_kind):
     assert run(loop_kind, main) == RESPONSE * 3
 
 
-def test_client_sending_every_half_idle_timeout_is_never_closed(backend, loop_kind):
+def test_client_sending_every_half_idle_timeout_is_never_closed(reaper_backend, loop_kind):
     idle = 0.3
 
     async def main():
-        reaper = KeepaliveReaper(idle, _backend=backend.load())
+        reaper = KeepaliveReaper(idle, _backend=reaper_backend)
         srv = Server(reaper)
         port = await srv.start()
         busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
@@ -275,11 +297,11 @@ def test_client_sending_every_half_idle_timeout_is_never_closed(backend, loop_ki
     run(loop_kind, main)
 
 
-def test_max_lifetime_closes_a_busy_connection(backend, loop_kind):
+def test_max_lifetime_closes_a_busy_connection(reaper_backend, loop_kind):
     events = []
 
     async def main():
-        reaper = KeepaliveReaper(5.0, max_lifetime=0.3, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        reaper = KeepaliveReaper(5.0, max_lifetime=0.3, on_event=lambda t, e: events.append(e), _backend=reaper_backend)
         srv = Server(reaper, spy=True)
         port = await srv.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -303,11 +325,11 @@ def test_max_lifetime_closes_a_busy_connection(backend, loop_kind):
     assert events == [Event.MAX_LIFETIME] and srv.transports[0].calls == ["close"]
 
 
-def test_dead_peer_reset_goes_through_abort(backend, loop_kind):
+def test_dead_peer_reset_goes_through_abort(reaper_backend, loop_kind):
     events = []
 
     async def main():
-        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append((t, e)), _backend=backend.load())
+        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append((t, e)), _backend=reaper_backend)
         srv = Server(reaper, pause=True, spy=True)  # asyncio does not read: only the reaper sees the RST
         port = await srv.start()
         client = socket.create_connection(("127.0.0.1", port))
@@ -324,11 +346,11 @@ def test_dead_peer_reset_goes_through_abort(backend, loop_kind):
     assert srv.transports[0].calls == ["abort"]
 
 
-def test_peer_close_is_reported_and_left_to_asyncio(backend, loop_kind):
+def test_peer_close_is_reported_and_left_to_asyncio(reaper_backend, loop_kind):
     events = []
 
     async def main():
-        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append(e), _backend=reaper_backend)
         srv = Server(reaper, pause=True, spy=True)
         port = await srv.start()
         client = socket.create_connection(("127.0.0.1", port))
@@ -345,12 +367,12 @@ def test_peer_close_is_reported_and_left_to_asyncio(backend, loop_kind):
     assert events == [Event.PEER_CLOSED]
 
 
-def test_fd_numbers_reused_after_reaping_serve_normally(backend, loop_kind):
+def test_fd_numbers_reused_after_reaping_serve_normally(reaper_backend, loop_kind):
     """Nothing is closed behind the loop: every transport closes its own socket
     (connection_lost without error), and new connections on the same fd numbers work."""
 
     async def main():
-        reaper = KeepaliveReaper(0.1, _backend=backend.load())
+        reaper = KeepaliveReaper(0.1, _backend=reaper_backend)
         srv = Server(reaper)
         port = await srv.start()
         for round_ in range(3):
@@ -370,11 +392,11 @@ def test_fd_numbers_reused_after_reaping_serve_normally(backend, loop_kind):
     assert set(srv.fds[:20]) & set(srv.fds[20:])  # the later rounds reused fd numbers
 
 
-def test_transport_closed_by_its_owner_without_discard_is_forgotten(backend, loop_kind):
+def test_transport_closed_by_its_owner_without_discard_is_forgotten(reaper_backend, loop_kind):
     events = []
 
     async def main():
-        reaper = KeepaliveReaper(0.2, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        reaper = KeepaliveReaper(0.2, on_event=lambda t, e: events.append(e), _backend=reaper_backend)
         srv = Server(reaper, discard=False)  # an owner that forgets to discard
         port = await srv.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -399,7 +421,7 @@ def test_transport_closed_by_its_owner_without_discard_is_forgotten(backend, loo
     assert events == [Event.IDLE]
 
 
-def test_on_event_exception_goes_to_the_loop_handler_and_reaping_goes_on(backend, loop_kind):
+def test_on_event_exception_goes_to_the_loop_handler_and_reaping_goes_on(reaper_backend, loop_kind):
     logged = []
 
     def on_event(transport, event):
@@ -408,7 +430,7 @@ def test_on_event_exception_goes_to_the_loop_handler_and_reaping_goes_on(backend
     async def main():
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, context: logged.append(context))
-        reaper = KeepaliveReaper(0.1, on_event=on_event, _backend=backend.load())
+        reaper = KeepaliveReaper(0.1, on_event=on_event, _backend=reaper_backend)
         srv = Server(reaper)
         port = await srv.start()
         pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
@@ -424,11 +446,11 @@ def test_on_event_exception_goes_to_the_loop_handler_and_reaping_goes_on(backend
     assert all(isinstance(c["exception"], RuntimeError) and "on_event" in c["message"] for c in logged)
 
 
-def test_keepalive_config_applied_on_add(backend, loop_kind):
+def test_keepalive_config_applied_on_add(reaper_backend, loop_kind):
     cfg = KeepaliveConfig(idle=17, interval=4, count=3)
 
     async def main():
-        reaper = KeepaliveReaper(30.0, keepalive=cfg, _backend=backend.load())
+        reaper = KeepaliveReaper(30.0, keepalive=cfg, _backend=reaper_backend)
         srv = Server(reaper)
         port = await srv.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -444,23 +466,25 @@ def test_keepalive_config_applied_on_add(backend, loop_kind):
     assert (state.enabled, state.idle, state.interval, state.count) == (True, 17, 4, 3)
 
 
-def test_one_reader_and_no_timer(backend):
+@pytest.mark.parametrize("mode", ["reader", "timer"])
+def test_one_reader_or_one_timer(backend, mode):
     """asyncio's loop shows its readers and scheduled timers: the reaper has one reader
-    (the manager's fd, which rings at deadlines) and no timer, however many connections
-    it tracks."""
+    (the manager's fd, which rings at deadlines) and no timer, or, where the manager has
+    no fd, one timer and no reader, however many connections it tracks."""
 
     async def main():
         loop = asyncio.get_running_loop()
-        reaper = KeepaliveReaper(0.3, max_lifetime=0.5, _backend=backend.load())
+        real = backend.load()
+        reaper = KeepaliveReaper(0.3, max_lifetime=0.5, _backend=real if mode == "reader" else _without_fd(real))
         srv = Server(reaper)
         port = await srv.start()
         pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(200)]
         for reader, writer in pairs[::2]:
             await request(reader, writer)
         await until(lambda: len(srv.transports) == 200)
-        timers = [h for h in loop._scheduled if not h.cancelled()]  # this test's: wait_for, sleep
+        timers = [h for h in loop._scheduled if not h.cancelled()]
         ours = [h for h in timers if getattr(h._callback, "__self__", None) is reaper]
-        readers = [k for k in loop._selector.get_map().values() if k.fd == reaper._mgr.fileno()]
+        readers = [k for k in loop._selector.get_map().values() if getattr(k.data[0], "_callback", None) == reaper._reap]
         for reader, _ in pairs:
             await wait_for_eof(reader, 2)
         await close_all([w for _, w in pairs])
@@ -470,15 +494,16 @@ def test_one_reader_and_no_timer(backend):
         return timers, ours, readers
 
     timers, ours, readers = run("asyncio", main)
-    assert ours == [] and len(timers) <= 2 and len(readers) == 1
+    assert (len(ours), len(readers)) == ((0, 1) if mode == "reader" else (1, 0))
+    assert len(timers) <= 2 + len(ours)  # this test's own: wait_for, sleep
 
 
 # -- the API surface --------------------------------------------------------------------
 
 
-def test_api(backend, loop_kind):
+def test_api(reaper_backend, loop_kind):
     async def main():
-        srv_reaper = KeepaliveReaper(30.0, _backend=backend.load())
+        srv_reaper = KeepaliveReaper(30.0, _backend=reaper_backend)
         async with srv_reaper as reaper:
             assert reaper is srv_reaper
             srv = Server(reaper)
@@ -568,13 +593,13 @@ def test_used_from_a_second_loop_is_an_error(backend):
     reaper.close()
 
 
-def test_reaper_never_reads_a_byte(backend, loop_kind):
+def test_reaper_never_reads_a_byte(reaper_backend, loop_kind):
     """Data (and a FIN behind it) that asyncio has not read yet stays in the socket for
     asyncio: the reaper reports nothing until it is read, then asyncio gets all of it."""
     events = []
 
     async def main():
-        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append(e), _backend=reaper_backend)
         srv = Server(reaper, pause=True)
         port = await srv.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
