@@ -5,9 +5,15 @@ specification, fastka/_manager_py.py.
 
 The only Python object per connection is the user's own, held by one strong reference in
 ``_objs``, a Python list indexed by fd (8 bytes a slot; the C slot is 48 bytes). Both
-grow to the next multiple of 1,024 above the highest fd, not by doubling. Calls that
-may run Python code (``obj.fileno()``, ``obj.close()``, a test clock) happen before or
-after C state changes, never in the middle, and the slot is re-checked afterwards.
+grow to the next multiple of FK_SLOT_STEP (1,024) above the highest fd, not by doubling.
+Calls that may run Python code (``obj.fileno()``, ``obj.close()``, a test clock) happen
+before or after C state changes, never in the middle, and the slot (and whether the
+manager is still open) is re-checked afterwards: another thread may have run meanwhile.
+
+``fileno()`` is an event source (see src/manager.h): readable for I/O, for a deadline
+that has passed (a timerfd) and for a queued MAX_REQUESTS (an eventfd). The fd-reuse
+check of a plain ``socket.socket`` reads its fd in C (src/pysocket.h); anything else is
+asked through ``fileno()``.
 """
 import errno
 import math

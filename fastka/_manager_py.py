@@ -323,8 +323,6 @@ class KeepaliveManager:
         self._draining.pop(c.fd, None)
         if not self._poller.unregister(c.fd) and self._poller.tracks_files:
             self._suspect.add(c.fd)
-            if len(self._suspect) > len(self._conns):  # amortised: O(1) per suspect
-                self._rebuild()
 
     def _rebuild(self) -> None:
         """A fresh epoll set from the live slots: drops registrations no slot owns."""
@@ -574,7 +572,9 @@ class KeepaliveManager:
                 events.append((c.obj, ev))
             elif ev is not None:
                 drop(c, ev)
-        if stale:
+        # Rebuilt here only, in the polling thread (never under a wait on the old set);
+        # also once the suspects outnumber the connections: amortised O(1) per suspect.
+        if stale or len(self._suspect) > len(self._conns):
             self._rebuild()
         now = self._now()
         while True:

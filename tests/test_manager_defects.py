@@ -523,3 +523,31 @@ def test_keepalive_on_a_udp_socket_same_error_on_both_backends():
             u.close()
             m.close()
     assert msgs[0] == msgs[1]
+
+
+def test_closed_on_expiry_while_a_dup_lives(mgr_factory, listener):
+    """The compiled manager lets close() take an expired socket out of epoll (no
+    EPOLL_CTL_DEL); with a dup() alive the registration stays, and its readiness must
+    neither spin nor reach the socket that reuses the number."""
+    m = mgr_factory(0.05)
+    c1, s1 = pair(listener)
+    dup = s1.dup()
+    c2 = s2 = None
+    try:
+        m.add(s1)
+        fd = s1.fileno()
+        time.sleep(0.1)
+        assert m.poll(0) == [(s1, Event.IDLE)] and s1.fileno() == -1
+        c2, s2 = pair(listener)
+        new, peer = (c2, s2) if c2.fileno() == fd else (s2, c2)
+        m.add(new)
+        c1.sendall(b"to the old file")
+        t0 = time.process_time()
+        assert m.poll(0.02) == []
+        assert time.process_time() - t0 < 0.1
+        peer.send(b"x")
+        assert m.poll(1.0) == [(new, Event.READABLE)]
+    finally:
+        for s in (c1, s1, c2, s2, dup):
+            if s is not None:
+                s.close()
