@@ -96,8 +96,9 @@ class KeepaliveReaper:
         """Start the clocks of ``transport`` (and apply ``keepalive`` to its socket).
 
         Raises ValueError when the reaper is closed, the transport is already tracked or
-        already closing, TypeError when it is not a transport or has no socket, RuntimeError when called off
-        the reaper's loop, OSError when the socket cannot be watched or configured.
+        already closing; TypeError when it is not a transport or has no socket;
+        RuntimeError when called off the reaper's loop; OSError when the socket cannot be
+        watched or configured.
         """
         self._check_open()
         if not all(callable(getattr(transport, m, None)) for m in _TRANSPORT_METHODS):
