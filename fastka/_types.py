@@ -7,7 +7,9 @@ from typing import Optional
 
 
 class Event(enum.IntEnum):
-    """What a KeepaliveManager reports for a connection (values match src/events.h)."""
+    """What a KeepaliveManager reports for a connection. The values are the FK_EV_* codes
+    of src/events.h (tests/test_manager_defects.py compares them with the compiled
+    module's EVENT_CODES)."""
 
     READABLE = 1
     IDLE = 2

@@ -1,4 +1,5 @@
-/* Event codes reported for a connection; the values match fastka.Event. */
+/* Event codes reported for a connection; fastka.Event has the same names and values
+ * (the compiled manager exports them as EVENT_CODES; a test compares the two). */
 #ifndef FASTKA_EVENTS_H
 #define FASTKA_EVENTS_H
 
