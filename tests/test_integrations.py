@@ -23,6 +23,7 @@ from integrations import (
     assert_configured,
     http_server,
     load_recipe,
+    on_backend,  # noqa: F401 (a fixture)
     read_options,
     redis_server,
     server_side_socket,
@@ -51,16 +52,6 @@ def run(coro: Awaitable[Options]) -> Options:
         return await asyncio.wait_for(coro, TIMEOUT)
 
     return asyncio.run(bounded())
-
-
-@pytest.fixture
-def on_backend(backend, monkeypatch):
-    """The recipes call ``fastka.<function>``: point those names at this backend's."""
-    loaded = backend.load()
-    for name in ("set_keepalive", "find_dead", "create_server"):
-        if hasattr(loaded, name):
-            monkeypatch.setattr(fastka, name, getattr(loaded, name))
-    return backend
 
 
 @pytest.fixture
@@ -179,13 +170,16 @@ async def streams_server_options(start: Callable[..., Awaitable[asyncio.Server]]
 # -- servers in subprocesses: uvicorn, gunicorn ----------------------------------------------
 
 def subprocess_server_options(argv: List[str], backend_name: str, listening: str,
-                              cwd: Optional[str] = None) -> Options:
+                              ready: Optional[str] = None) -> Options:
     """Start a server, open a connection and read its options from the server's own socket
     while the request is still incomplete (so that even gunicorn's sync worker, which closes
     after each response, holds it), then finish the request. ``listening``: the regex of the
-    server's 'listening' line, whose group 1 is the port."""
-    with Subprocess(argv, subprocess_env(backend_name), cwd=cwd) as server:
+    server's 'listening' line, whose group 1 is the port; ``ready``: a later line after which
+    the server takes connections as configured."""
+    with Subprocess(argv, subprocess_env(backend_name)) as server:
         port = int(server.wait_for(listening).group(1))
+        if ready is not None:
+            server.wait_for(ready)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
             with server_side_socket(server.proc.pid, client) as accepted:
@@ -195,8 +189,10 @@ def subprocess_server_options(argv: List[str], backend_name: str, listening: str
         return got
 
 
-UVICORN_LISTENING = r"Uvicorn running on (?:socket \('127\.0\.0\.1', |http://127\.0\.0\.1:)(\d+)"
+UVICORN_LISTENING = r"(?:^listening on |Uvicorn running on http://)127\.0\.0\.1:(\d+)"
 GUNICORN_LISTENING = r"Listening at: http://127\.0\.0\.1:(\d+)"
+# gunicorn logs the address before its when_ready hook runs; the first worker boots after it.
+GUNICORN_READY = r"Booting worker"
 WSGI_APP = 'def app(environ, start_response):\n    start_response("200 OK", [("Content-Length", "2")])\n    return [b"ok"]\n'
 
 
@@ -223,7 +219,7 @@ def gunicorn_options(backend_name: str, tmp_path, conf: Optional[str]) -> Option
         argv.append("--no-control-socket")  # gunicorn 24+ would open ~/.gunicorn/gunicorn.ctl
     if conf is not None:
         argv += ["-c", conf]
-    return subprocess_server_options(argv + ["wsgi_app:app"], backend_name, GUNICORN_LISTENING)
+    return subprocess_server_options(argv + ["wsgi_app:app"], backend_name, GUNICORN_LISTENING, GUNICORN_READY)
 
 
 # -- the recipes ---------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Only Linux runs the real calls here; these tests check every row of every platform's
 table everywhere, by asking for the option calls (``plan``) and by validating configs
-with another platform's table injected. The README's mapping table is checked against
-the same rows.
+with another platform's table injected. The documentation's mapping table is generated
+from the same tables (docs/_ext/fastka_tables.py; tests/test_docs.py checks it).
 """
 from __future__ import annotations
 
@@ -241,45 +241,3 @@ def test_compiled_table_agrees_with_python():
         "count": t.limits.count,
         "user_timeout_ms_max": t.limits.user_timeout_ms[1] if t.limits.user_timeout_ms else 0,
     }
-
-
-# -- the README's table -----------------------------------------------------------------
-
-def _cell(option):
-    if option is None:
-        return "none: `ValueError`"
-    return f"`{option.name}` ({option.number:#x}, {option.unit})"
-
-
-def readme_rows():
-    """The README's mapping table, generated from the tables (so a test can compare)."""
-    tables = (LINUX, DARWIN, FREEBSD, SUNOS, WINDOWS)
-    legacy = f"`{WINDOWS.legacy_ioctl}` (ms)"
-    rows = [
-        "| field | " + " | ".join(t.title for t in tables[:-1]) + " | Windows 10 1709+ | Windows before 10 1709 |",
-        "|---" * (len(tables) + 2) + "|",
-        "| idle | " + " | ".join(_cell(t.idle) for t in tables) + f" | {legacy} |",
-        "| interval | " + " | ".join(_cell(t.interval) for t in tables) + f" | {legacy} |",
-        "| count | " + " | ".join(_cell(t.count) for t in tables)
-        + f" | fixed at {WINDOWS.legacy_count} (`TCP_KEEPCNT` from 1703) |",
-        "| user_timeout | " + " | ".join(_cell(t.user_timeout) for t in tables) + f" | {_cell(WINDOWS.user_timeout)} |",
-        "| idle range (s) | " + " | ".join("{}..{}".format(*t.limits.idle) for t in tables)
-        + " | {}..{} |".format(*WINDOWS.limits.idle),
-        "| interval range (s) | " + " | ".join("{}..{}".format(*t.limits.interval) for t in tables)
-        + " | {}..{} |".format(*WINDOWS.limits.interval),
-        "| count range | " + " | ".join("{}..{}".format(*t.limits.count) for t in tables)
-        + f" | {WINDOWS.legacy_count} |",
-    ]
-    return rows
-
-
-def test_readme_table_matches_the_code():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(root, "README.md")
-    if not os.path.exists(path):
-        pytest.skip("README.md is not written yet")
-    text = open(path, encoding="utf-8").read()
-    if "| field | Linux |" not in text:
-        pytest.skip("README.md has no platform mapping table yet")
-    for row in readme_rows():
-        assert row in text, f"README.md's mapping table lacks (or differs in) the row:\n{row}"

@@ -14,6 +14,7 @@ CONFIG = fastka.KeepaliveConfig(idle=60, interval=10, count=5, user_timeout=110)
 
 def serve(app: Callable[..., Any], host: str = "0.0.0.0", port: int = 8000, cfg: fastka.KeepaliveConfig = CONFIG) -> None:
     sock = fastka.create_server((host, port), cfg)
+    print("listening on %s:%d" % sock.getsockname()[:2], flush=True)  # uvicorn logs no address for sockets=
     uvicorn.Server(uvicorn.Config(app)).run(sockets=[sock])
 
 
