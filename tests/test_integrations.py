@@ -32,8 +32,10 @@ from integrations import (
 
 import fastka
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="the options are read back with Linux's option names")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the options are read back with Linux's option names"),
+    pytest.mark.skipif(not os.path.isdir(EXAMPLES), reason="docs/examples/ is not beside the tests (installed-wheel run)"),
+]
 
 # Values no library and no kernel uses on its own, so a read-back cannot match by accident.
 CFG = fastka.KeepaliveConfig(idle=61, interval=7, count=4, user_timeout=30)

@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List
 
 import netns
 import pytest
-from integrations import load_recipe, on_backend, redis_ping, redis_server  # noqa: F401 (on_backend: a fixture)
+from integrations import EXAMPLES, load_recipe, on_backend, redis_ping, redis_server  # noqa: F401 (on_backend: a fixture)
 
 import fastka
 
@@ -63,6 +63,7 @@ def fill(pool, n: int) -> List[object]:
 
 @pytest.mark.netns
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(EXAMPLES), reason="docs/examples/ is not beside the tests (installed-wheel run)")
 def test_redis_pool_flags_a_silent_peer(backend, on_backend, dead_peer_link):
     redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install -e '.[test]')")
     if shutil.which("nft") is None:

@@ -55,6 +55,8 @@ def test_tour_runs_as_written(readme, backend, monkeypatch):
 
 
 def test_links_into_the_docs_exist(readme):
+    if not os.path.isdir(os.path.join(ROOT, "docs")):
+        pytest.skip("docs/ is not beside the tests (installed-wheel run)")
     links = re.findall(r"\]\((docs/[^)#]+)\)", readme)
     assert links, "the README links into docs/"
     for link in links:
