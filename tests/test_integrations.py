@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -213,8 +212,6 @@ def uvicorn_default_options(backend_name: str) -> Options:
 
 def gunicorn_options(backend_name: str, tmp_path, conf: Optional[str]) -> Options:
     gunicorn_config = lib("gunicorn.config")
-    if shutil.which("gunicorn") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "gunicorn")):
-        pytest.skip("the gunicorn command is not installed")
     (tmp_path / "wsgi_app.py").write_text(WSGI_APP)
     argv = [sys.executable, "-m", "gunicorn", "--chdir", str(tmp_path), "-b", "127.0.0.1:0", "--workers", "1"]
     if any(s.name == "control_socket_disable" for s in gunicorn_config.KNOWN_SETTINGS):
@@ -261,7 +258,8 @@ def test_redis_asyncio_recipe(redis_port):
     assert_configured(run(redis_async_options(recipe.client(CFG, "127.0.0.1", redis_port))), CFG)
 
 
-def test_redis_drop_dead_recipe(backend, on_backend, redis_port):
+@pytest.mark.usefixtures("on_backend")
+def test_redis_drop_dead_recipe(backend, redis_port):
     """drop_dead() leaves live connections alone and disconnects those whose peer is gone."""
     lib("redis")
     recipe = load_recipe("redis_recipe")
@@ -289,18 +287,21 @@ def _wait_for_dead(recipe, r, expected: int, timeout: float = 5.0):
         time.sleep(0.02)
 
 
-def test_aiohttp_client_recipe(backend, on_backend, web):
+@pytest.mark.usefixtures("on_backend")
+def test_aiohttp_client_recipe(backend, web):
     lib("aiohttp")
     assert_configured(run(aiohttp_options(lambda: load_recipe("aiohttp_client_recipe").session(CFG), web)), CFG)
 
 
-def test_aiohttp_server_recipe(backend, on_backend):
+@pytest.mark.usefixtures("on_backend")
+def test_aiohttp_server_recipe(backend):
     lib("aiohttp")
     recipe = load_recipe("aiohttp_server_recipe")
     assert_configured(run(aiohttp_server_options(lambda app: recipe.start(app, CFG, "127.0.0.1", 0))), CFG)
 
 
-def test_asyncio_streams_recipe(backend, on_backend):
+@pytest.mark.usefixtures("on_backend")
+def test_asyncio_streams_recipe(backend):
     recipe = load_recipe("asyncio_streams_recipe")
     assert_configured(run(streams_server_options(lambda h: recipe.start(h, CFG, "127.0.0.1", 0))), CFG)
 
@@ -321,6 +322,8 @@ def test_gunicorn_recipe(backend, tmp_path):
 # -- what each library does on its own: docs/library_defaults.csv ---------------------------
 
 def _defaults_rows() -> List[Dict[str, str]]:
+    if not os.path.exists(DEFAULTS_CSV):
+        return []  # installed-wheel run: the module is skipped
     with open(DEFAULTS_CSV, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -392,8 +395,8 @@ def test_library_defaults_table(row, request, tmp_path):
         else:
             assert [got["TCP_KEEPIDLE"], got["TCP_KEEPINTVL"], got["TCP_KEEPCNT"]] == [
                 int(v) for v in timers.split("/")], got
-    assert got["TCP_USER_TIMEOUT"] == 0  # the table's "user timeout: none" for every library
-    assert row["TCP_USER_TIMEOUT"] == "none"
+    user_timeout = row["TCP_USER_TIMEOUT"]
+    assert got["TCP_USER_TIMEOUT"] == (0 if user_timeout == "none" else round(float(user_timeout) * 1000)), got
 
 
 # -- the recipes are mypy --strict clean ---------------------------------------------------
@@ -401,12 +404,11 @@ def test_library_defaults_table(row, request, tmp_path):
 @pytest.mark.slow
 def test_recipes_are_mypy_strict_clean(request):
     lib("mypy")
-    cache = request.config.cache.mkdir("mypy") if request.config.cache else None
     argv = [sys.executable, "-m", "mypy", "--strict",
             # redis-py's connection methods carry no annotations yet
             "--untyped-calls-exclude=redis", EXAMPLES]
-    if cache is not None:
-        argv[4:4] = ["--cache-dir", str(cache)]
+    if request.config.cache is not None:  # reuse mypy's cache between runs
+        argv.append("--cache-dir=" + str(request.config.cache.mkdir("mypy")))
     env = dict(os.environ, MYPYPATH=ROOT)
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -63,8 +63,9 @@ def fill(pool, n: int) -> List[object]:
 
 @pytest.mark.netns
 @pytest.mark.slow
+@pytest.mark.usefixtures("on_backend")
 @pytest.mark.skipif(not os.path.isdir(EXAMPLES), reason="docs/examples/ is not beside the tests (installed-wheel run)")
-def test_redis_pool_flags_a_silent_peer(backend, on_backend, dead_peer_link):
+def test_redis_pool_flags_a_silent_peer(backend, dead_peer_link):
     redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install -e '.[test]')")
     if shutil.which("nft") is None:
         pytest.skip("nft is not installed (apt-get install nftables; .ci/run does)")
