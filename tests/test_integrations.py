@@ -407,8 +407,9 @@ def test_recipes_are_mypy_strict_clean(request):
     argv = [sys.executable, "-m", "mypy", "--strict",
             # redis-py's connection methods carry no annotations yet
             "--untyped-calls-exclude=redis", EXAMPLES]
-    if request.config.cache is not None:  # reuse mypy's cache between runs
-        argv.append("--cache-dir=" + str(request.config.cache.mkdir("mypy")))
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    if cache is not None:  # reuse mypy's cache between runs
+        argv.append("--cache-dir=" + str(cache.mkdir("mypy")))
     env = dict(os.environ, MYPYPATH=ROOT)
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
