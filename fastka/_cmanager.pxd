@@ -1,17 +1,39 @@
-# Declarations of the manager core (src/manager.h) for fastka/_manager_c.pyx.
-from libc.stdint cimport int64_t, uint32_t
+# Declarations of the manager core (src/manager.h, src/events.h) for fastka/_manager_c.pyx.
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
         int fd
+        uint64_t u64
     struct epoll_event:
         uint32_t events
         epoll_data_t data
+    enum:
+        EPOLLRDHUP
+
+cdef extern from "events.h" nogil:
+    enum fk_event:
+        FK_EV_NONE
+        FK_EV_READABLE
+        FK_EV_IDLE
+        FK_EV_PEER_CLOSED
+        FK_EV_RESET
+        FK_EV_TIMED_OUT
+        FK_EV_MAX_REQUESTS
+        FK_EV_MAX_LIFETIME
+        FK_EV_ERROR
 
 cdef extern from "manager.h" nogil:
+    enum:
+        FK_MAX_REQUESTS
+        FK_SLOT_STEP
+        FK_NEVENTS
+        FK_OWN_CONTROL
+        FK_OWN_STALE
+
     struct fk_manager:
         int epfd
-        int wakefd
+        int srcfd
         uint32_t count
         uint32_t ndraining
 
@@ -25,7 +47,9 @@ cdef extern from "manager.h" nogil:
     int64_t fk_mgr_earliest(const fk_manager *m)
     int fk_mgr_wait(fk_manager *m, epoll_event *evs, int n, int timeout_ms)
     void fk_mgr_wake(fk_manager *m)
-    void fk_mgr_drain_wake(fk_manager *m)
+    void fk_mgr_arm(fk_manager *m, int64_t now, int64_t drain_ms)
+    int fk_mgr_owner(fk_manager *m, uint64_t data)
+    int fk_mgr_rebuild(fk_manager *m)
     int fk_mgr_classify(fk_manager *m, int fd, uint32_t events, int64_t now)
     int fk_mgr_queued(const fk_manager *m)
     int fk_mgr_draining(const fk_manager *m, int *fds, int n)

@@ -12,44 +12,67 @@ after C state changes, never in the middle, and the slot is re-checked afterward
 import errno
 import math
 import os
+import time
 
+from libc.errno cimport errno as c_errno
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
 from libc.stdlib cimport free, malloc
+from posix.stat cimport fstat, struct_stat
 
 from fastka._ckeepalive cimport fk_keepalive, fk_keepalive_apply, fk_keepalive_matches
 from fastka._cmanager cimport (
-    epoll_event, fk_manager, fk_mgr_add, fk_mgr_classify, fk_mgr_destroy, fk_mgr_drain_wake,
-    fk_mgr_draining, fk_mgr_earliest, fk_mgr_has, fk_mgr_init, fk_mgr_next_expired, fk_mgr_now,
-    fk_mgr_queued, fk_mgr_remove, fk_mgr_touch, fk_mgr_wait, fk_mgr_wake,
+    EPOLLRDHUP, FK_EV_ERROR, FK_EV_IDLE, FK_EV_MAX_LIFETIME, FK_EV_MAX_REQUESTS, FK_EV_NONE,
+    FK_EV_PEER_CLOSED, FK_EV_READABLE, FK_EV_RESET, FK_EV_TIMED_OUT, FK_MAX_REQUESTS,
+    FK_NEVENTS, FK_OWN_CONTROL, FK_OWN_STALE, FK_SLOT_STEP, epoll_event, fk_manager, fk_mgr_add,
+    fk_mgr_arm, fk_mgr_classify, fk_mgr_destroy, fk_mgr_draining, fk_mgr_earliest, fk_mgr_has,
+    fk_mgr_init, fk_mgr_next_expired, fk_mgr_now, fk_mgr_owner, fk_mgr_queued, fk_mgr_rebuild,
+    fk_mgr_remove, fk_mgr_touch, fk_mgr_wait, fk_mgr_wake,
 )
 
-from ._config import KeepaliveConfig
+from . import _manager_common as common
+from ._config import native
 from ._errors import keepalive_error
 from ._fd import fd_of
-from ._manager_py import _requests, _seconds_ms, close_dropped, poll_timeout_ms
 from ._types import Event
 
 __all__ = ["KeepaliveManager"]
 
-DEF NEVENTS = 1024
-DEF DRAIN_CHECK_MS = 100
-DEF SLOT_STEP = 1024  # FK_SLOT_STEP in src/manager.h
-DEF MAX_WAIT_MS = 0x7FFFFFFF  # the longest single epoll_wait; longer waits loop
-# Event members indexed by their value (the FK_EV_* codes of src/events.h); 0 is "none".
-cdef tuple EVENTS = (None,) + tuple(sorted(Event, key=int))
+# The event codes of src/events.h by Event member name (tests tie the two together).
+EVENT_CODES = {
+    "READABLE": FK_EV_READABLE, "IDLE": FK_EV_IDLE, "PEER_CLOSED": FK_EV_PEER_CLOSED,
+    "RESET": FK_EV_RESET, "TIMED_OUT": FK_EV_TIMED_OUT, "MAX_REQUESTS": FK_EV_MAX_REQUESTS,
+    "MAX_LIFETIME": FK_EV_MAX_LIFETIME, "ERROR": FK_EV_ERROR,
+}
+MAX_REQUESTS_C = FK_MAX_REQUESTS  # the C slot's limit (tests tie it to the shared one)
+def _by_code():
+    """Event members indexed by their C code; None at FK_EV_NONE ("nothing to report")."""
+    table = [None] * (max(EVENT_CODES.values()) + 1)
+    for name, code in EVENT_CODES.items():
+        table[code] = Event[name]
+    return tuple(table)
+
+
+cdef tuple EVENTS = _by_code()
 cdef object READABLE = Event.READABLE
 cdef object MAX_REQUESTS = Event.MAX_REQUESTS
+cdef int64_t DRAIN_CHECK_MS = common.DRAIN_CHECK_MS
+cdef int MAX_WAIT_MS = common.MAX_WAIT_MS
 
 
 cdef class KeepaliveManager:
-    """Track many keep-alive connections on one epoll set; see fastka/_manager_py.py."""
+    """Track many keep-alive connections on one epoll set; see fastka/_manager_py.py.
+
+    Thread contract: every method may be called from any thread (one poll() at a time;
+    close() refuses while another thread polls). Calls into Python (a ``fileno()``, a
+    test clock) may let another thread run, so the manager is re-checked as open after
+    the last of them and before C state changes.
+    """
 
     cdef fk_manager m
     cdef bint _open, _polling, _close
     cdef list _objs
     cdef object _clock, _keepalive
     cdef fk_keepalive _ka
-    cdef int64_t _wait_until
     cdef epoll_event *_evs
 
     def __cinit__(self):
@@ -58,32 +81,27 @@ cdef class KeepaliveManager:
 
     def __init__(self, idle_timeout=75.0, *, max_requests=None, max_lifetime=None,
                  keepalive=None, close=True, watch_readable=True):
-        idle_ms = _seconds_ms("idle_timeout", idle_timeout)
-        life_ms = _seconds_ms("max_lifetime", max_lifetime)
-        maxreq = _requests(max_requests)
-        if keepalive is not None and not isinstance(keepalive, KeepaliveConfig):
-            raise TypeError(f"keepalive must be a fastka.KeepaliveConfig or None, not {type(keepalive).__name__}: {keepalive!r}")
         if self._open:
-            raise RuntimeError("KeepaliveManager.__init__ called twice")
-        self._keepalive = keepalive
+            raise common.reinit_error()
+        idle_ms = common.timeout_ms("idle_timeout", idle_timeout)
+        life_ms = common.timeout_ms("max_lifetime", max_lifetime)
+        maxreq = common.requests(max_requests)
+        self._keepalive = common.keepalive_config(keepalive)
         if keepalive is not None:
-            self._ka.idle = keepalive.idle
-            self._ka.interval = keepalive.interval
-            self._ka.count = keepalive.count
-            self._ka.user_timeout_ms = -1 if keepalive.user_timeout is None else <int>math.ceil(keepalive.user_timeout * 1000)
+            self._ka.idle, self._ka.interval, self._ka.count, self._ka.user_timeout_ms = native(keepalive)
         self._close = bool(close)
         self._clock = None
         self._objs = []
-        self._evs = <epoll_event *>malloc(NEVENTS * sizeof(epoll_event))
         if self._evs == NULL:
-            raise MemoryError()
+            self._evs = <epoll_event *>malloc(FK_NEVENTS * sizeof(epoll_event))
+            if self._evs == NULL:
+                raise MemoryError()
         r = fk_mgr_init(&self.m, -1 if idle_ms is None else idle_ms, -1 if life_ms is None else life_ms,
                         0 if maxreq is None else maxreq, 1 if watch_readable else 0)
         if r < 0:
             raise OSError(-r, f"cannot create the manager's epoll set: {os.strerror(-r)}")
         self._open = True
         self._polling = False
-        self._wait_until = INT64_MAX
 
     def __dealloc__(self):
         if self._open:
@@ -106,96 +124,110 @@ cdef class KeepaliveManager:
             raise ValueError("I/O operation on closed manager")
 
     cdef bint _fresh(self, object obj, int fd):
+        """Does obj still own fd? A fileno() that raises means it does not."""
         if isinstance(obj, int):
             return True
         try:
             return obj.fileno() == fd
-        except (OSError, ValueError):
+        except Exception:
             return False
 
-    cdef _wake_if_sooner(self):
-        if self._polling and fk_mgr_earliest(&self.m) < self._wait_until:
-            fk_mgr_wake(&self.m)
+    cdef _arm(self, int64_t now):
+        fk_mgr_arm(&self.m, now, DRAIN_CHECK_MS)
 
     cdef _forget(self, int fd):
         fk_mgr_remove(&self.m, fd)
         self._objs[fd] = None
 
-    cdef _shut(self, obj, int fd, ev):
-        close_dropped(obj, fd, ev)
-
     cdef object _lookup(self, sock):
+        """The fd of tracked ``sock``, or KeyError (the manager is checked open after)."""
         fd = fd_of(sock)
+        self._check_open()
         if not fk_mgr_has(&self.m, fd):
             raise KeyError(sock)
         obj = self._objs[fd]
         if not (obj is sock or isinstance(sock, int)) or not self._fresh(obj, fd):
             raise KeyError(sock)
-        if self._objs[fd] is not obj:  # changed by another thread meanwhile
+        self._check_open()
+        if not fk_mgr_has(&self.m, fd) or self._objs[fd] is not obj:  # changed meanwhile
             raise KeyError(sock)
         return fd
 
     # -- public API ------------------------------------------------------------------
 
     def add(self, sock):
-        """Start tracking ``sock``. ValueError when already tracked; OSError when the fd
-        cannot be watched."""
+        """Start tracking ``sock``. ValueError when already tracked; TypeError (close=True)
+        for an object the manager cannot close; OSError when the fd cannot be watched."""
         cdef int fd = fd_of(sock)
         cdef int r
+        cdef int64_t now
+        cdef struct_stat st
         cdef const char *failed = NULL
         self._check_open()
+        if self._close:
+            common.check_closable(sock)
         if fk_mgr_has(&self.m, fd):
             old = self._objs[fd]
             if old is sock or (isinstance(sock, int) and isinstance(old, int)) or self._fresh(old, fd):
                 raise ValueError(f"fd {fd} is already in this manager")
+            self._check_open()
             if self._objs[fd] is old and fk_mgr_has(&self.m, fd):
                 self._forget(fd)  # stale: its socket was closed and the fd number reused
-            self._check_open()
-        if fk_mgr_has(&self.m, fd):
-            raise ValueError(f"fd {fd} is already in this manager")
-        try:
-            os.fstat(fd)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot add fd {fd}: {os.strerror(exc.errno or errno.EBADF)}") from None
-        if self._keepalive is not None:
-            r = fk_keepalive_matches(fd, &self._ka)
-            if r == 0:
-                r = fk_keepalive_apply(fd, &self._ka, &failed)
-                if r < 0:
-                    raise keepalive_error(-r, fd, failed.decode() if failed != NULL else "SO_KEEPALIVE")
-            elif r < 0:
-                raise keepalive_error(-r, fd, "SO_KEEPALIVE")
         now = self._now()
+        # No Python code runs from here on: another thread cannot close the manager.
+        self._check_open()
         if fk_mgr_has(&self.m, fd):
             raise ValueError(f"fd {fd} is already in this manager")
+        if fstat(fd, &st) < 0:  # in C: os.fstat would let other threads run
+            r = c_errno
+            raise OSError(r, f"cannot add fd {fd}: {os.strerror(r)}")
+        # Skipped where the socket carries the config already (inherited from a listener);
+        # an unreadable socket is applied anyway, so it fails as set_keepalive fails.
+        if self._keepalive is not None and fk_keepalive_matches(fd, &self._ka) != 1:
+            r = fk_keepalive_apply(fd, &self._ka, &failed)
+            if r < 0:
+                raise keepalive_error(-r, fd, failed.decode() if failed != NULL else "SO_KEEPALIVE")
         if fd >= len(self._objs):  # a new list of the exact size: no over-allocation
-            self._objs = self._objs + [None] * ((fd // SLOT_STEP + 1) * SLOT_STEP - len(self._objs))
+            self._objs = self._objs + [None] * ((fd // FK_SLOT_STEP + 1) * FK_SLOT_STEP - len(self._objs))
         r = fk_mgr_add(&self.m, fd, now)
         if r == -errno.ENOMEM:
             raise MemoryError()
         if r < 0:
             raise OSError(-r, f"cannot watch fd {fd}: {os.strerror(-r)}")
         self._objs[fd] = sock
-        self._wake_if_sooner()
+        self._arm(now)
 
     def remove(self, sock):
         """Stop tracking ``sock``; never closes it. KeyError when it is not tracked."""
         self._check_open()
-        fd = self._lookup(sock)
+        self._forget(self._lookup(sock))
+
+    def discard(self, sock):
+        """Stop tracking ``sock`` if it is tracked; never an error for an unknown or
+        closed socket (TypeError only for what is not a socket at all)."""
+        try:
+            fd = self._lookup(sock)
+        except (KeyError, ValueError):  # unknown, closed (fileno -1), or a closed manager
+            return
         self._forget(fd)
 
     def touch(self, sock):
         """Restart the idle clock of ``sock`` and count one request. KeyError if unknown."""
+        cdef int64_t now
         self._check_open()
         fd = self._lookup(sock)
         now = self._now()
-        if fk_mgr_has(&self.m, fd) and fk_mgr_touch(&self.m, fd, now) == 1:
-            self._wake_if_sooner()
+        self._check_open()
+        if not fk_mgr_has(&self.m, fd):
+            raise KeyError(sock)
+        if fk_mgr_touch(&self.m, fd, now) == 1:
+            fk_mgr_wake(&self.m)
 
     def next_deadline(self):
         """Seconds until the next timer expiry (0.0 when one is due), or None."""
         self._check_open()
         now = self._now()
+        self._check_open()
         d = fk_mgr_earliest(&self.m)
         if d == INT64_MAX:
             return None
@@ -204,9 +236,10 @@ cdef class KeepaliveManager:
         return max(0, d - now) / 1000.0
 
     def fileno(self):
-        """The epoll fd (readable when poll() has I/O to report)."""
+        """An epoll fd that is readable when poll() has work: I/O, a passed deadline, a
+        queued MAX_REQUESTS. Stays the same for the manager's life."""
         self._check_open()
-        return self.m.epfd
+        return self.m.srcfd
 
     def __len__(self):
         return self.m.count if self._open else 0
@@ -223,7 +256,7 @@ cdef class KeepaliveManager:
     def poll(self, timeout=None):
         """Wait up to ``timeout`` seconds (None: until there is something) and return
         [(obj, Event)]. The GIL is released while waiting."""
-        limit_ms = poll_timeout_ms(timeout)
+        limit_ms = common.poll_timeout_ms(timeout)
         self._check_open()
         if self._polling:
             raise RuntimeError("KeepaliveManager.poll() is already running in another thread")
@@ -232,13 +265,11 @@ cdef class KeepaliveManager:
             return self._poll(limit_ms)
         finally:
             self._polling = False
-            self._wait_until = INT64_MAX
 
     cdef list _poll(self, limit_ms):
         cdef int n, wait
         cdef int64_t d, now
         cdef double end = -1.0
-        import time
         if limit_ms is not None:
             end = time.monotonic() + limit_ms / 1000.0
         while True:
@@ -249,16 +280,15 @@ cdef class KeepaliveManager:
             elif d <= now:
                 wait = 0
             else:
-                wait = <int>min(d - now, 0x7FFFFFFF)
+                wait = <int>min(d - now, MAX_WAIT_MS)
             if self.m.ndraining:
                 wait = DRAIN_CHECK_MS if wait < 0 else min(wait, DRAIN_CHECK_MS)
             if end >= 0:
                 left = max(0, math.ceil((end - time.monotonic()) * 1000))
                 left = min(left, MAX_WAIT_MS)
                 wait = left if wait < 0 else min(wait, left)
-            self._wait_until = d
-            with nogil:
-                n = fk_mgr_wait(&self.m, self._evs, NEVENTS, wait)
+            with nogil:  # deadlines that move sooner meanwhile fire the timerfd
+                n = fk_mgr_wait(&self.m, self._evs, FK_NEVENTS, wait)
             if n == -errno.EINTR:
                 n = 0
             elif n < 0:
@@ -269,48 +299,64 @@ cdef class KeepaliveManager:
 
     cdef list _collect(self, int n):
         cdef list events = []
-        cdef int fd, i, ev, k
+        cdef int fd, i, ev, k = 0
         cdef uint32_t bits
-        cdef int drain[64]
-        k = fk_mgr_draining(&self.m, drain, 64)  # before any event changes the draining set
-        while True:
-            fd = fk_mgr_queued(&self.m)
-            if fd < 0:
-                break
-            self._settle(fd, MAX_REQUESTS, events)
-        for i in range(n + k):
-            if i < n:
-                fd = self._evs[i].data.fd
-                bits = self._evs[i].events
-            else:
-                fd = drain[i - n]
-                bits = 0x2000  # EPOLLRDHUP
-            if fd == self.m.wakefd:
-                fk_mgr_drain_wake(&self.m)
-                continue
-            if not fk_mgr_has(&self.m, fd):
-                continue
-            obj = self._objs[fd]
-            if not self._fresh(obj, fd):
-                if self._objs[fd] is obj and fk_mgr_has(&self.m, fd):
+        cdef int *drain = NULL
+        cdef bint stale = False
+        cdef int64_t now
+        if self.m.ndraining:  # before any event changes the draining set
+            drain = <int *>malloc(self.m.ndraining * sizeof(int))
+            if drain == NULL:
+                raise MemoryError()
+            k = fk_mgr_draining(&self.m, drain, self.m.ndraining)
+        try:
+            while True:
+                fd = fk_mgr_queued(&self.m)
+                if fd < 0:
+                    break
+                self._settle(fd, MAX_REQUESTS, events)
+            for i in range(n + k):
+                if i < n:
+                    fd = fk_mgr_owner(&self.m, self._evs[i].data.u64)
+                    bits = self._evs[i].events
+                    if fd == FK_OWN_STALE:
+                        stale = True
+                        continue
+                    if fd == FK_OWN_CONTROL:
+                        continue
+                else:
+                    fd = drain[i - n]
+                    bits = EPOLLRDHUP
+                    if not fk_mgr_has(&self.m, fd):
+                        continue
+                obj = self._objs[fd]
+                if not self._fresh(obj, fd):
+                    if self._objs[fd] is obj and fk_mgr_has(&self.m, fd):
+                        self._forget(fd)
+                    continue
+                if self._objs[fd] is not obj or not fk_mgr_has(&self.m, fd):
+                    continue
+                ev = fk_mgr_classify(&self.m, fd, bits, self._now())
+                if ev == FK_EV_READABLE:
+                    events.append((obj, READABLE))
+                elif ev != FK_EV_NONE:
                     self._forget(fd)
-                continue
-            if self._objs[fd] is not obj or not fk_mgr_has(&self.m, fd):
-                continue
-            ev = fk_mgr_classify(&self.m, fd, bits, self._now())
-            if ev == 1:  # FK_EV_READABLE
-                events.append((obj, READABLE))
-            elif ev != 0:
-                self._forget(fd)
-                events.append((obj, EVENTS[ev]))
-                if self._close:
-                    self._shut(obj, fd, EVENTS[ev])
+                    events.append((obj, EVENTS[ev]))
+                    if self._close:
+                        common.close_dropped(obj, fd, EVENTS[ev])
+        finally:
+            free(drain)
+        if stale:
+            r = fk_mgr_rebuild(&self.m)
+            if r < 0:
+                raise OSError(-r, f"cannot rebuild the manager's epoll set: {os.strerror(-r)}")
         now = self._now()
         while True:
             fd = fk_mgr_next_expired(&self.m, now, &ev)
             if fd < 0:
                 break
             self._settle(fd, EVENTS[ev], events)
+        self._arm(now)
         return events
 
     cdef _settle(self, int fd, ev, list events):
@@ -320,7 +366,7 @@ cdef class KeepaliveManager:
         if self._fresh(obj, fd):
             events.append((obj, ev))
             if self._close:
-                self._shut(obj, fd, ev)
+                common.close_dropped(obj, fd, ev)
 
     def close(self):
         """Release the epoll set; tracked sockets are left open. Idempotent.

@@ -9,7 +9,7 @@ watches every connection; two OrderedDicts keep the timers:
 
 Time is integer milliseconds of a monotonic clock (``_set_clock`` swaps the clock, for
 tests). A deadline has passed when ``now_ms >= deadline_ms``. Timeouts round UP to whole
-milliseconds, the clock reading rounds down.
+milliseconds (``fastka._manager_common``), the clock reading rounds down.
 
 Event order within one ``poll``: MAX_REQUESTS (in the order the limit was reached by
 ``touch``), then I/O events (in the kernel's order), then expiries by deadline; among
@@ -17,93 +17,81 @@ equal idle deadlines in order of last activity, among equal lifetimes in order o
 an idle and a lifetime expiry at the same millisecond by order of ``add``. A connection
 past both limits reports MAX_LIFETIME.
 
+An event source: ``fileno()`` is readable whenever ``poll()`` has work. I/O readiness
+shows through it directly; a queued MAX_REQUESTS writes a byte to a wake-up socket that
+the poller watches; deadlines are rung on the same socket by an alarm thread (one per
+manager, started on the first deadline, asleep until the earliest one). The compiled
+backend uses an eventfd and a timerfd instead of the socket and the thread.
+
 fd reuse: before acting on a slot the manager checks that the object still has the fd it
-was added with (``obj.fileno() == fd``; a closed ``socket.socket`` returns -1). A slot that
-fails the check is stale: it is dropped silently, never reported and never closed.
+was added with (``obj.fileno() == fd``; a closed ``socket.socket`` returns -1; a
+``fileno()`` that raises fails the check). A slot that fails the check is stale: it is
+dropped silently, never reported and never closed.
+
+Sockets closed behind the manager's back while their file lives on (a ``dup()``, a forked
+child, ``socket.fromfd``): epoll registers open files, not fd numbers, so such a socket
+stays registered and its readiness is reported under its old fd number. The manager
+recognises readiness that no live slot owns and rebuilds its epoll set from the live
+slots (rare, O(n)); ``fileno()`` stays the same (it is an epoll set holding the rebuilt
+one). Where a stale registration may share its number with a live socket (the number was
+reused after its removal failed), that socket's readiness is confirmed by a peek before
+it is reported. Users who dup() a tracked socket should remove() it before closing it.
 """
 from __future__ import annotations
 
 import errno
 import math
-import numbers
 import os
 import select
 import selectors
 import socket
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from . import _manager_common as common
 from ._config import KeepaliveConfig
 from ._fd import fd_of
-from ._liveness_py import PEEK_DATA, PEEK_EOF, error_event, peek, pending_error
+from ._liveness_py import PEEK_DATA, PEEK_EMPTY, PEEK_EOF, error_event, peek, pending_error
 from ._types import Event
 
 __all__ = ["KeepaliveManager"]
 
 # Readiness bits our poller reports (independent of epoll/selectors constants).
 _IN, _RDHUP, _HUP, _ERR = 1, 2, 4, 8
-_GRACEFUL = (Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME)
-_DRAIN_CHECK_MS = 100  # how often a half-closed, unread, unwatched connection is re-checked
-
-
-MAX_TIMEOUT = 1e9  # seconds (~31.7 years): the largest idle_timeout / max_lifetime
-MAX_REQUESTS = 2**29 - 1  # the largest max_requests (the C slot keeps a 29-bit count)
-_MAX_WAIT_MS = 2**31 - 1  # the longest single epoll wait; longer waits loop
-
-
-def _seconds_ms(name: str, value: object) -> Optional[int]:
-    """A timeout in seconds (0 < value <= MAX_TIMEOUT, or None) as whole milliseconds,
-    rounded up. TypeError for a non-number, ValueError outside the range."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number of seconds (int or float) or None, not {type(value).__name__}: {value!r}")
-    if not (value > 0 and value <= MAX_TIMEOUT):  # also rejects NaN; no float() of a huge int
-        raise ValueError(f"{name}={value!r} must be seconds > 0 and <= {MAX_TIMEOUT:.0e} (about 31 years), or None for never")
-    return max(1, math.ceil(float(value) * 1000))
-
-
-def _requests(value: object) -> Optional[int]:
-    """max_requests: an int in 1..MAX_REQUESTS (536870911), or None for unlimited."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"max_requests must be an int >= 1 or None, not {type(value).__name__}: {value!r}")
-    if not 1 <= value <= MAX_REQUESTS:
-        raise ValueError(f"max_requests={value!r} must be an int in 1..{MAX_REQUESTS}, or None for unlimited")
-    return int(value)
-
-
-def poll_timeout_ms(timeout: object) -> Optional[int]:
-    """poll()'s timeout: None (wait for an event), or seconds >= 0 rounded up to ms.
-    A timeout above MAX_TIMEOUT seconds (infinity included) waits with no limit, as None."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"timeout must be a number of seconds (int or float) or None, not {type(timeout).__name__}: {timeout!r}")
-    if not timeout >= 0:  # negative or NaN
-        raise ValueError(f"timeout={timeout!r} must be >= 0 seconds, or None to wait for an event")
-    if timeout > MAX_TIMEOUT:
-        return None
-    return math.ceil(float(timeout) * 1000)
 
 
 class _Poller:
-    """Level-triggered readiness for many fds: epoll where there is one, else selectors."""
+    """Level-triggered readiness for many fds: epoll where there is one, else selectors.
+
+    With epoll, ``fileno()`` is an outer epoll set holding the one that holds the fds, so
+    that set can be rebuilt (``rebuild``) without changing the number users nest.
+    """
 
     def __init__(self) -> None:
         self._ep = select.epoll() if hasattr(select, "epoll") else None
-        self._sel = None if self._ep is not None else selectors.DefaultSelector()
-        self.reports_rdhup = self._ep is not None  # selectors reports a FIN as readable only
+        self._src = None
+        self._sel = None
+        if self._ep is not None:
+            self._src = select.epoll()
+            self._src.register(self._ep.fileno(), select.EPOLLIN)
+        else:
+            self._sel = selectors.DefaultSelector()
+        # epoll reports a FIN apart from data, and registers open files, not fd numbers.
+        self.reports_rdhup = self.tracks_files = self._ep is not None
 
     def fileno(self) -> int:
-        return self._ep.fileno() if self._ep is not None else self._sel.fileno()
+        return self._src.fileno() if self._src is not None else self._sel.fileno()
+
+    @staticmethod
+    def _mask(readable: bool) -> int:
+        return (select.EPOLLIN if readable else 0) | select.EPOLLRDHUP
 
     def register(self, fd: int, readable: bool) -> None:
         if self._ep is not None:
-            self._ep.register(fd, (select.EPOLLIN if readable else 0) | select.EPOLLRDHUP)
+            self._ep.register(fd, self._mask(readable))
         else:  # without RDHUP, a peer close is seen only as readability
             self._sel.register(fd, selectors.EVENT_READ)
 
@@ -114,15 +102,30 @@ class _Poller:
         else:
             self.unregister(fd)
 
-    def unregister(self, fd: int) -> None:
-        """Forget ``fd``; an fd the kernel already dropped (closed, reused) is fine."""
+    def unregister(self, fd: int) -> bool:
+        """Forget ``fd``. False when the kernel no longer knows it under that number
+        (closed, or the number reused): with epoll its registration may live on."""
         try:
             if self._ep is not None:
                 self._ep.unregister(fd)
             else:
                 self._sel.unregister(fd)
         except (OSError, KeyError, ValueError):
-            pass
+            return False
+        return True
+
+    def rebuild(self, fds: Iterable[Tuple[int, Optional[bool]]]) -> None:
+        """Replace the epoll set by one holding ``fds``: (fd, readable), None for muted."""
+        ep = select.epoll()
+        for fd, readable in fds:
+            try:
+                ep.register(fd, 0 if readable is None else self._mask(readable))
+            except OSError:
+                pass  # closed behind our back: its slot is found stale later
+        self._src.register(ep.fileno(), select.EPOLLIN)
+        self._src.unregister(self._ep.fileno())
+        self._ep.close()
+        self._ep = ep
 
     def wait(self, timeout_ms: Optional[int]) -> List[Tuple[int, int]]:
         """[(fd, bits)] ready now or within ``timeout_ms`` (None: until something is)."""
@@ -137,7 +140,52 @@ class _Poller:
         return [(key.fd, _IN) for key, _ in ready]
 
     def close(self) -> None:
-        (self._ep or self._sel).close()
+        if self._ep is not None:
+            self._ep.close()
+            self._src.close()
+        else:
+            self._sel.close()
+
+
+class _Alarm:
+    """Calls ``ring()`` on its owner once a monotonic time has come: one daemon thread,
+    started on first use, asleep in between. Holds its owner weakly."""
+
+    def __init__(self, owner: "KeepaliveManager") -> None:
+        self._owner = weakref.ref(owner)
+        self._cond = threading.Condition()
+        self._at: Optional[float] = None  # time.monotonic() seconds
+        self._stop = False
+        self._thread: Optional[threading.Thread] = None
+
+    def set(self, at: float) -> None:
+        with self._cond:
+            self._at = at
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fastka-manager-alarm", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stop:
+                left = None if self._at is None else self._at - time.monotonic()
+                if left is None or left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._at = None
+                owner = self._owner()
+                if owner is None:
+                    return
+                owner._ring()
+                del owner
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 class _Conn:
@@ -160,8 +208,8 @@ class KeepaliveManager:
 
     ``idle_timeout`` and ``max_lifetime`` are seconds (0 < t <= 1e9, or None for never);
     ``max_requests`` counts ``touch`` calls (1..536870911, or None for unlimited); values
-    outside these ranges are ValueError. See the module docstring for event order and
-    fd-reuse handling.
+    outside these ranges are ValueError. Every method may be called from any thread (one
+    poll() at a time). See the module docstring for event order and fd-reuse handling.
     """
 
     def __init__(
@@ -174,12 +222,12 @@ class KeepaliveManager:
         close: bool = True,
         watch_readable: bool = True,
     ) -> None:
-        self._idle_ms = _seconds_ms("idle_timeout", idle_timeout)
-        self._life_ms = _seconds_ms("max_lifetime", max_lifetime)
-        self._max_requests = _requests(max_requests)
-        if keepalive is not None and not isinstance(keepalive, KeepaliveConfig):
-            raise TypeError(f"keepalive must be a fastka.KeepaliveConfig or None, not {type(keepalive).__name__}: {keepalive!r}")
-        self._keepalive = keepalive
+        if getattr(self, "_closed", True) is False:
+            raise common.reinit_error()
+        self._idle_ms = common.timeout_ms("idle_timeout", idle_timeout)
+        self._life_ms = common.timeout_ms("max_lifetime", max_lifetime)
+        self._max_requests = common.requests(max_requests)
+        self._keepalive = common.keepalive_config(keepalive)
         self._close = bool(close)
         self._watch = bool(watch_readable)
         self._clock: Callable[[], float] = time.monotonic
@@ -188,15 +236,17 @@ class KeepaliveManager:
         self._life: "OrderedDict[int, None]" = OrderedDict()
         self._limit: "OrderedDict[int, None]" = OrderedDict()  # MAX_REQUESTS awaiting poll
         self._draining: "OrderedDict[int, None]" = OrderedDict()  # FIN behind unread, unwatched data
+        self._suspect: Set[int] = set()  # numbers a stale registration may still carry
         self._seq = 0
         self._lock = threading.RLock()
         self._polling = False
-        self._wait_until: Optional[int] = None  # deadline the poller sleeps towards (ms)
+        self._armed: Optional[int] = None  # the alarm's deadline (ms)
         self._poller = _Poller()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._poller.register(self._wake_r.fileno(), True)
+        self._alarm = _Alarm(self)
         self._closed = False
 
     # -- helpers -------------------------------------------------------------------------
@@ -218,7 +268,7 @@ class KeepaliveManager:
             return True
         try:
             return c.obj.fileno() == c.fd
-        except (OSError, ValueError):
+        except Exception:
             return False
 
     def _earliest(self) -> Optional[int]:
@@ -233,16 +283,26 @@ class KeepaliveManager:
             best = d if best is None else min(best, d)
         return best
 
-    def _wake_if_sooner(self) -> None:
-        """Wake a blocked poll() when the earliest deadline moved before its wake-up time."""
-        if not self._polling:
-            return
+    def _ring(self) -> None:
+        """Make the poller readable (a pending byte is enough)."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # a wake-up is already pending, or the manager is closing
+
+    def _arm(self, now: int) -> None:
+        """Ring at the earliest deadline (or the next drain check) when that is sooner
+        than the alarm already set, or when the alarm has gone off."""
         d = self._earliest()
-        if d is not None and (self._wait_until is None or d < self._wait_until):
-            try:
-                self._wake_w.send(b"\0")
-            except (BlockingIOError, InterruptedError):
-                pass  # a wake-up is already pending
+        if d == -1:
+            self._ring()
+            return
+        if self._draining:
+            d = now + common.DRAIN_CHECK_MS if d is None else min(d, now + common.DRAIN_CHECK_MS)
+        if d is None or (self._armed is not None and self._armed <= d and self._armed > now):
+            return
+        self._armed = d
+        self._alarm.set(time.monotonic() + max(0, d - now) / 1000.0)
 
     def _forget(self, c: _Conn) -> None:
         del self._conns[c.fd]
@@ -250,10 +310,17 @@ class KeepaliveManager:
         self._life.pop(c.fd, None)
         self._limit.pop(c.fd, None)
         self._draining.pop(c.fd, None)
-        self._poller.unregister(c.fd)
+        if not self._poller.unregister(c.fd) and self._poller.tracks_files:
+            self._suspect.add(c.fd)
+            if len(self._suspect) > len(self._conns):  # amortised: O(1) per suspect
+                self._rebuild()
 
-    def _shut(self, c: _Conn, event: Event) -> None:
-        close_dropped(c.obj, c.fd, event)
+    def _rebuild(self) -> None:
+        """A fresh epoll set from the live slots: drops registrations no slot owns."""
+        fds = [(self._wake_r.fileno(), True)]
+        fds += [(fd, None if fd in self._draining else self._watch) for fd in self._conns]
+        self._poller.rebuild(fds)
+        self._suspect.clear()
 
     def _classify(self, c: _Conn, bits: int) -> Optional[Event]:
         """The event for a ready connection, or None when there is nothing to report.
@@ -282,17 +349,25 @@ class KeepaliveManager:
             return Event.ERROR if bits & _ERR else Event.PEER_CLOSED
         return None
 
+    def _phantom(self, c: _Conn) -> bool:
+        """Readiness on a suspect number that the socket itself does not show: it came
+        from a stale registration of an older file."""
+        return pending_error(c.fd) == 0 and peek(c.fd) == PEEK_EMPTY
+
     # -- public API ----------------------------------------------------------------------
 
     def add(self, sock: Any) -> None:
         """Start tracking ``sock`` (a socket, object with fileno(), or int fd).
 
         Raises ValueError when it is already tracked, TypeError/ValueError for a bad
-        argument, OSError when the fd cannot be watched (closed, not pollable).
+        argument (with close=True: TypeError for an object without close()), OSError when
+        the fd cannot be watched (closed, not pollable).
         """
         fd = fd_of(sock)
         with self._lock:
             self._check_open()
+            if self._close:
+                common.check_closable(sock)
             old = self._conns.get(fd)
             if old is not None:
                 if old.obj is sock or (isinstance(sock, int) and isinstance(old.obj, int)) or self._fresh(old):
@@ -309,19 +384,26 @@ class KeepaliveManager:
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot watch fd {fd}: {os.strerror(exc.errno or errno.EINVAL)}") from None
             self._seq += 1
-            c = _Conn(sock, fd, self._seq, self._now())
+            now = self._now()
+            c = _Conn(sock, fd, self._seq, now)
             self._conns[fd] = c
             self._idle[fd] = None
             self._life[fd] = None
-            self._wake_if_sooner()
+            self._arm(now)
 
     def _apply_keepalive(self, sock: Any, fd: int) -> None:
+        """set_keepalive's plan, skipped where the socket carries the config already
+        (inherited from a listener); an unreadable socket fails as set_keepalive fails."""
         from . import _keepalive_py
 
         cfg = self._keepalive
-        st = _keepalive_py.get_keepalive(fd)
+        try:
+            st = _keepalive_py.get_keepalive(fd)
+        except OSError:
+            st = None
         if not (
-            st.enabled
+            st is not None
+            and st.enabled
             and st.idle == cfg.idle
             and st.interval == cfg.interval
             and st.count == cfg.count
@@ -342,10 +424,23 @@ class KeepaliveManager:
             self._check_open()
             self._forget(self._lookup(sock))
 
+    def discard(self, sock: Any) -> None:
+        """Stop tracking ``sock`` if it is tracked; never an error for an unknown or
+        closed socket, or a closed manager (TypeError only for what is not a socket)."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                c = self._lookup(sock)
+            except (KeyError, ValueError):
+                return
+            self._forget(c)
+
     def touch(self, sock: Any) -> None:
         """Restart the idle clock of ``sock`` and count one request. KeyError if unknown.
 
-        Reaching ``max_requests`` schedules MAX_REQUESTS for the next poll().
+        Reaching ``max_requests`` queues MAX_REQUESTS for the next poll() (and makes
+        ``fileno()`` readable).
         """
         with self._lock:
             self._check_open()
@@ -355,7 +450,7 @@ class KeepaliveManager:
             c.requests += 1
             if self._max_requests is not None and c.requests >= self._max_requests and c.fd not in self._limit:
                 self._limit[c.fd] = None
-                self._wake_if_sooner()
+                self._ring()
 
     def next_deadline(self) -> Optional[float]:
         """Seconds until the next timer expiry (0.0 when one is due), or None."""
@@ -365,7 +460,8 @@ class KeepaliveManager:
             return None if d is None else max(0, d - self._now()) / 1000.0
 
     def fileno(self) -> int:
-        """The poller's fd (readable when poll() has I/O to report)."""
+        """An fd that is readable when poll() has work: I/O, a passed deadline, a queued
+        MAX_REQUESTS. Stays the same for the manager's life."""
         self._check_open()
         return self._poller.fileno()
 
@@ -387,7 +483,7 @@ class KeepaliveManager:
         [(obj, Event)]. ``poll(0)`` never blocks. Negative or NaN timeouts are ValueError;
         one above 1e9 seconds (or infinite) waits with no limit, like None.
         """
-        limit_ms = poll_timeout_ms(timeout)
+        limit_ms = common.poll_timeout_ms(timeout)
         with self._lock:
             self._check_open()
             if self._polling:
@@ -398,7 +494,6 @@ class KeepaliveManager:
         finally:
             with self._lock:
                 self._polling = False
-                self._wait_until = None
 
     def _poll(self, limit_ms: Optional[int]) -> List[Tuple[Any, Event]]:
         end = None if limit_ms is None else time.monotonic() + limit_ms / 1000.0
@@ -408,14 +503,15 @@ class KeepaliveManager:
                 d = self._earliest()
                 wait = None if d is None else max(0, d - now)
                 if self._draining:
-                    wait = _DRAIN_CHECK_MS if wait is None else min(wait, _DRAIN_CHECK_MS)
+                    wait = common.DRAIN_CHECK_MS if wait is None else min(wait, common.DRAIN_CHECK_MS)
                 if end is not None:
                     left = max(0, math.ceil((end - time.monotonic()) * 1000))
                     wait = left if wait is None else min(wait, left)
                 if wait is not None:
-                    wait = min(wait, _MAX_WAIT_MS)
-                self._wait_until = None if d is None else d
-            ready = self._poller.wait(wait)  # the lock is free while we sleep
+                    wait = min(wait, common.MAX_WAIT_MS)
+            # The lock is free while we sleep; a deadline that moves sooner meanwhile
+            # rings the wake-up socket through the alarm.
+            ready = self._poller.wait(wait)
             with self._lock:
                 events = self._collect(ready)
             if events or (end is not None and time.monotonic() >= end):
@@ -423,15 +519,18 @@ class KeepaliveManager:
 
     def _collect(self, ready: List[Tuple[int, int]]) -> List[Tuple[Any, Event]]:
         events: List[Tuple[Any, Event]] = []
+        stale = False
 
         def drop(c: _Conn, ev: Event) -> None:
             self._forget(c)
             events.append((c.obj, ev))
             if self._close:
-                self._shut(c, ev)
+                common.close_dropped(c.obj, c.fd, ev)
 
         for fd in list(self._limit):
-            c = self._conns[fd]
+            c = self._conns.get(fd)
+            if c is None or fd not in self._limit:  # removed meanwhile by an object's close()
+                continue
             if self._fresh(c):
                 drop(c, Event.MAX_REQUESTS)
             else:
@@ -445,12 +544,17 @@ class KeepaliveManager:
                         pass
                 except (BlockingIOError, InterruptedError):
                     pass
+                self._armed = None
                 continue
             c = self._conns.get(fd)
             if c is None:
+                stale = stale or self._poller.tracks_files  # readiness no slot owns
                 continue
             if not self._fresh(c):
                 self._forget(c)
+                continue
+            if fd in self._suspect and self._phantom(c):
+                stale = True
                 continue
             ev = self._classify(c, bits)
             if ev is Event.READABLE:
@@ -459,6 +563,8 @@ class KeepaliveManager:
                 events.append((c.obj, ev))
             elif ev is not None:
                 drop(c, ev)
+        if stale:
+            self._rebuild()
         now = self._now()
         while True:
             due = self._next_expired(now)
@@ -469,8 +575,8 @@ class KeepaliveManager:
                 drop(c, ev)
             else:
                 self._forget(c)
+        self._arm(now)
         return events
-
     def _next_expired(self, now: int) -> Optional[Tuple[_Conn, Event]]:
         """The next connection whose time is up at ``now``, merging the two lists.
 
@@ -508,11 +614,13 @@ class KeepaliveManager:
             if self._polling:
                 raise RuntimeError("cannot close a KeepaliveManager while another thread is inside poll()")
             self._closed = True
+            self._alarm.close()
             self._conns.clear()
             self._idle.clear()
             self._life.clear()
             self._limit.clear()
             self._draining.clear()
+            self._suspect.clear()
             self._poller.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -528,27 +636,3 @@ class KeepaliveManager:
         state = "closed" if self._closed else f"{len(self._conns)} connections"
         return f"<fastka.KeepaliveManager (python) {state}>"
 
-
-def close_dropped(obj: object, fd: int, event: Event) -> None:
-    """Close what the manager drops: FIN first for idle/limits, at once for dead. An object
-    with close() is closed through it (so it cannot later close a reused fd number)."""
-    if event in _GRACEFUL:
-        try:
-            if isinstance(obj, socket.socket):
-                obj.shutdown(socket.SHUT_WR)
-            else:
-                s = socket.socket(fileno=fd)
-                try:
-                    s.shutdown(socket.SHUT_WR)
-                finally:
-                    s.detach()
-        except OSError:
-            pass  # already reset or not connected: close anyway
-    close = getattr(obj, "close", None) if not isinstance(obj, int) else None
-    try:
-        if close is not None and callable(close):
-            close()
-        else:
-            os.close(fd)
-    except OSError:
-        pass

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,43 +36,88 @@ int64_t fk_mgr_now(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static uint64_t tag(uint32_t seq, int fd)
+{
+    return (uint64_t)seq << 32 | (uint32_t)fd;
+}
+
+/* What a slot is registered for: readability (when watched) and the peer's FIN; nothing
+ * but the implicit EPOLLERR/EPOLLHUP while a FIN waits behind data someone else reads. */
+static uint32_t interest(const struct fk_manager *m, int draining)
+{
+    return draining ? 0 : (m->watch ? EPOLLIN : 0) | EPOLLRDHUP;
+}
+
+/* A new epoll set holding the wake-up and timer fds (sequence number 0: no slot). */
+static int control_set(const struct fk_manager *m)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        return -errno;
+    ev.data.u64 = tag(0, m->wakefd);
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, m->wakefd, &ev) == 0) {
+        ev.data.u64 = tag(0, m->timerfd);
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, m->timerfd, &ev) == 0)
+            return ep;
+    }
+    int err = errno;
+    close(ep);
+    return -err;
+}
+
 int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t max_requests, int watch)
 {
     struct epoll_event ev = {.events = EPOLLIN};
+    int err;
     memset(m, 0, sizeof *m);
+    m->epfd = m->srcfd = m->wakefd = m->timerfd = -1;
     m->idle.head = m->idle.tail = m->life.head = m->life.tail = FK_NIL;
     m->queue.head = m->queue.tail = FK_NIL;
     m->idle_ms = idle_ms;
     m->life_ms = life_ms;
     m->max_requests = max_requests;
     m->watch = watch;
-    m->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (m->epfd < 0)
-        return -errno;
+    m->armed = INT64_MAX;
     m->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (m->wakefd < 0) {
-        int err = errno;
-        close(m->epfd);
-        return -err;
+    if (m->wakefd < 0)
+        goto fail;
+    m->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (m->timerfd < 0)
+        goto fail;
+    m->epfd = control_set(m);
+    if (m->epfd < 0) {
+        errno = -m->epfd;
+        m->epfd = -1;
+        goto fail;
     }
-    ev.data.fd = m->wakefd;
-    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, m->wakefd, &ev) < 0) {
-        int err = errno;
-        close(m->wakefd);
-        close(m->epfd);
-        return -err;
-    }
+    m->srcfd = epoll_create1(EPOLL_CLOEXEC);
+    if (m->srcfd < 0)
+        goto fail;
+    ev.data.fd = m->epfd;
+    if (epoll_ctl(m->srcfd, EPOLL_CTL_ADD, m->epfd, &ev) < 0)
+        goto fail;
     return 0;
+fail:
+    err = errno;
+    fk_mgr_destroy(m);
+    return -err;
 }
 
 void fk_mgr_destroy(struct fk_manager *m)
 {
-    close(m->wakefd);
-    close(m->epfd);
+    int *fds[] = {&m->srcfd, &m->epfd, &m->timerfd, &m->wakefd};
+    for (size_t i = 0; i < sizeof fds / sizeof *fds; i++) {
+        if (*fds[i] >= 0)
+            close(*fds[i]);
+        *fds[i] = -1;
+    }
     free(m->slots);
     m->slots = NULL;
     m->cap = 0;
-    m->count = 0;
+    m->count = m->ndraining = 0;
+    m->idle.head = m->idle.tail = m->life.head = m->life.tail = FK_NIL;
+    m->queue.head = m->queue.tail = FK_NIL;
 }
 
 int fk_mgr_has(const struct fk_manager *m, int fd)
@@ -95,19 +141,26 @@ static int grow(struct fk_manager *m, int fd)
 
 int fk_mgr_add(struct fk_manager *m, int fd, int64_t now)
 {
-    struct epoll_event ev = {.events = (m->watch ? EPOLLIN : 0) | EPOLLRDHUP, .data.fd = fd};
+    struct epoll_event ev;
     struct fk_slot *s;
+    uint32_t seq;
+    if (m->epfd < 0)
+        return -EBADF;
     if (fd >= m->cap && grow(m, fd) < 0)
         return -ENOMEM;
     s = &m->slots[fd];
     if (s->used)
         return -EEXIST;
+    seq = m->seq + 1 ? m->seq + 1 : 1; /* 0 tags the control fds */
+    ev.events = interest(m, 0);
+    ev.data.u64 = tag(seq, fd);
     if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
         return -errno;
+    m->seq = seq;
     memset(s, 0, sizeof *s);
     s->used = 1;
     s->last = s->born = now;
-    s->seq = ++m->seq;
+    s->seq = seq;
     s->qprev = s->qnext = FK_NIL;
     idle_append(m, &m->idle, fd);
     life_append(m, &m->life, fd);
@@ -178,11 +231,74 @@ void fk_mgr_wake(struct fk_manager *m)
     (void)r;
 }
 
-void fk_mgr_drain_wake(struct fk_manager *m)
+void fk_mgr_arm(struct fk_manager *m, int64_t now, int64_t drain_ms)
 {
+    int64_t at = fk_mgr_earliest(m);
+    struct itimerspec its = {{0, 0}, {0, 0}};
+    if (at == INT64_MIN) {
+        fk_mgr_wake(m);
+        return;
+    }
+    if (m->ndraining && now + drain_ms < at)
+        at = now + drain_ms;
+    if (at == INT64_MAX || m->timerfd < 0 || (at >= m->armed && m->armed > now))
+        return; /* none, or an alarm at or before it is pending (an early alarm is harmless) */
+    if (at <= now) {
+        its.it_value.tv_nsec = 1; /* due already: readable at once */
+    } else {
+        its.it_value.tv_sec = (at - now) / 1000;
+        its.it_value.tv_nsec = (at - now) % 1000 * 1000000;
+    }
+    if (timerfd_settime(m->timerfd, 0, &its, NULL) == 0)
+        m->armed = at;
+}
+
+int fk_mgr_owner(struct fk_manager *m, uint64_t data)
+{
+    int fd = (int)(uint32_t)data;
+    uint32_t seq = (uint32_t)(data >> 32);
     uint64_t v;
-    ssize_t r = read(m->wakefd, &v, sizeof v);
-    (void)r;
+    if (seq == 0 && (fd == m->wakefd || fd == m->timerfd)) {
+        ssize_t r = read(fd, &v, sizeof v); /* EAGAIN: drained already */
+        (void)r;
+        if (fd == m->timerfd)
+            m->armed = INT64_MAX;
+        return FK_OWN_CONTROL;
+    }
+    if (!fk_mgr_has(m, fd) || m->slots[fd].seq != seq)
+        return FK_OWN_STALE;
+    return fd;
+}
+
+int fk_mgr_rebuild(struct fk_manager *m)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    int ep, err;
+    if (m->epfd < 0)
+        return -EBADF;
+    ep = control_set(m);
+    if (ep < 0)
+        return ep;
+    for (int32_t fd = 0; fd < m->cap; fd++) {
+        const struct fk_slot *s = &m->slots[fd];
+        struct epoll_event sev;
+        if (!s->used)
+            continue;
+        sev.events = interest(m, s->draining);
+        sev.data.u64 = tag(s->seq, fd);
+        /* EBADF/EPERM: closed or replaced behind our back; its slot is found stale later */
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &sev);
+    }
+    ev.data.fd = ep;
+    if (epoll_ctl(m->srcfd, EPOLL_CTL_ADD, ep, &ev) < 0) {
+        err = errno;
+        close(ep);
+        return -err;
+    }
+    epoll_ctl(m->srcfd, EPOLL_CTL_DEL, m->epfd, NULL);
+    close(m->epfd);
+    m->epfd = ep;
+    return 0;
 }
 
 int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now)
@@ -214,7 +330,7 @@ int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now)
         }
         /* A FIN behind data someone else reads: wait for the reads, polled by the caller. */
         if (events & (EPOLLRDHUP | EPOLLHUP) && !s->draining) {
-            struct epoll_event ev = {.events = 0, .data.fd = fd};
+            struct epoll_event ev = {.events = interest(m, 1), .data.u64 = tag(s->seq, fd)};
             s->draining = 1;
             m->ndraining++;
             epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev);

@@ -48,6 +48,16 @@ class Twin:
         self.pairs.clear()
 
 
+class NoClose:
+    """A socket wrapper without close(): a closing manager must refuse it."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
 class ManagerDiff(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -105,6 +115,34 @@ class ManagerDiff(RuleBasedStateMachine):
             except (KeyError, ValueError) as exc:
                 res.append(type(exc).__name__)
         assert res[0] == res[1]
+
+    def same_outcome(self, fn):
+        """Run fn(twin) on both; the result or the exception type must agree."""
+        res = []
+        for t in self.twins:
+            try:
+                res.append(("ok", fn(t)))
+            except Exception as exc:  # any difference in kind is a backend difference
+                res.append((type(exc).__name__, None))
+        assert res[0] == res[1]
+
+    @precondition(lambda self: self.added)
+    @rule(data=st.data())
+    def discard(self, data):
+        i = data.draw(st.sampled_from(sorted(self.added)))
+        self.same_outcome(lambda t: t.mgr.discard(t.pairs[i][1]))
+
+    @rule(idle=st.sampled_from([None, 5, -1]))
+    def reinit(self, idle):
+        """__init__ again on an open manager: the same error on both, nothing forgotten."""
+        self.same_outcome(lambda t: t.mgr.__init__(idle))
+
+    @precondition(lambda self: self.added)
+    @rule(data=st.data())
+    def add_again_or_unclosable(self, data):
+        i = data.draw(st.sampled_from(sorted(self.added)))
+        self.same_outcome(lambda t: t.mgr.add(t.pairs[i][1]))
+        self.same_outcome(lambda t: t.mgr.add(NoClose(t.pairs[i][1])))
 
     @precondition(lambda self: self.added)
     @rule(data=st.data(), how=st.sampled_from(["fin", "rst", "send", "send_fin"]))

@@ -255,3 +255,52 @@ def test_set_keepalive_from_many_threads_on_shared_sockets(backend, listener):
         assert not errors, errors
     finally:
         _close_all(pairs)
+
+
+def test_close_racing_add_touch_and_poll(backend, listener):
+    """Threads add, touch, discard and poll while the main thread closes the manager and
+    makes a new one, over and over: only the documented errors (ValueError on a closed
+    manager, RuntimeError for close during poll or a second poll), no crash, no hang."""
+    pairs = _pairs(listener, 8)
+    socks = [s for _, s in pairs]
+    stop = threading.Event()
+    errors: list = []
+    box = {"m": backend.KeepaliveManager(0.05, max_requests=3, close=False)}
+
+    def churn(mine):
+        while not stop.is_set():
+            m = box["m"]
+            for s in mine:
+                try:
+                    if s not in m:
+                        m.add(s)
+                    m.touch(s)
+                    m.discard(s)
+                    m.poll(0)
+                except (ValueError, KeyError, RuntimeError):
+                    pass  # closed meanwhile, reaped meanwhile, another thread polling
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+    threads = [threading.Thread(target=churn, args=(socks[k::4],)) for k in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 2.0
+    try:
+        while time.monotonic() < deadline and not errors:
+            old = box["m"]
+            try:
+                old.close()
+            except RuntimeError:
+                continue  # a thread is inside poll(): try again
+            box["m"] = backend.KeepaliveManager(0.05, max_requests=3, close=False)
+            assert len(old) == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(JOIN)
+        box["m"].close()
+        _close_all(pairs)
+    assert not errors, errors[:3]
+    assert not any(t.is_alive() for t in threads), "a thread hung"

@@ -1,0 +1,128 @@
+"""What both KeepaliveManager backends share: argument checks, unit conversion and the
+closing of dropped objects. Each unit conversion is written once, here:
+
+* ``timeout_ms``: idle_timeout / max_lifetime seconds -> whole milliseconds, rounded up;
+* ``poll_timeout_ms``: poll()'s timeout seconds -> whole milliseconds, rounded up.
+
+The keepalive config's own units (user_timeout) belong to ``fastka._config``; the
+managers apply a config through the same plan as ``set_keepalive``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import numbers
+import socket
+import sys
+from typing import Any, Optional
+
+from ._config import KeepaliveConfig
+from ._types import Event
+
+MAX_TIMEOUT = 1e9  # seconds (~31.7 years): the largest idle_timeout / max_lifetime
+MAX_REQUESTS = 2**29 - 1  # the largest max_requests (FK_MAX_REQUESTS: the C slot keeps a 29-bit count)
+MAX_WAIT_MS = 2**31 - 1  # the longest single poller wait; longer waits loop
+DRAIN_CHECK_MS = 100  # how often a half-closed, unread, unwatched connection is re-checked
+GRACEFUL = (Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME)  # closed with a FIN first
+
+
+def timeout_ms(name: str, value: object) -> Optional[int]:
+    """A timeout in seconds (0 < value <= MAX_TIMEOUT, or None) as whole milliseconds,
+    rounded up. TypeError for a non-number, ValueError outside the range."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds (int or float) or None, not {type(value).__name__}: {value!r}")
+    if not (value > 0 and value <= MAX_TIMEOUT):  # also rejects NaN; no float() of a huge int
+        raise ValueError(f"{name}={value!r} must be seconds > 0 and <= {MAX_TIMEOUT:.0e} (about 31 years), or None for never")
+    return max(1, math.ceil(float(value) * 1000))
+
+
+def poll_timeout_ms(timeout: object) -> Optional[int]:
+    """poll()'s timeout: None (wait for an event), or seconds >= 0 rounded up to ms.
+    A timeout above MAX_TIMEOUT seconds (infinity included) waits with no limit, as None."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds (int or float) or None, not {type(timeout).__name__}: {timeout!r}")
+    if not timeout >= 0:  # negative or NaN
+        raise ValueError(f"timeout={timeout!r} must be >= 0 seconds, or None to wait for an event")
+    if timeout > MAX_TIMEOUT:
+        return None
+    return math.ceil(float(timeout) * 1000)
+
+
+def requests(value: object) -> Optional[int]:
+    """max_requests: an int in 1..MAX_REQUESTS (536870911), or None for unlimited."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"max_requests must be an int >= 1 or None, not {type(value).__name__}: {value!r}")
+    if not 1 <= value <= MAX_REQUESTS:
+        raise ValueError(f"max_requests={value!r} must be an int in 1..{MAX_REQUESTS}, or None for unlimited")
+    return int(value)
+
+
+def keepalive_config(value: object) -> Optional[KeepaliveConfig]:
+    """The manager's ``keepalive`` argument: a KeepaliveConfig or None (TypeError otherwise)."""
+    if value is not None and not isinstance(value, KeepaliveConfig):
+        raise TypeError(f"keepalive must be a fastka.KeepaliveConfig or None, not {type(value).__name__}: {value!r}")
+    return value
+
+
+# The sockets event loops hand out for their transports (module, type): the loop owns
+# their fds. asyncio's has no close(); uvloop's has one that raises TypeError.
+_LOOP_SOCKETS = (("asyncio.trsock", "TransportSocket"), ("uvloop.loop", "PseudoSocket"))
+
+
+def _loop_owned(sock: object) -> bool:
+    for module, name in _LOOP_SOCKETS:
+        cls = getattr(sys.modules.get(module), name, None)  # imported if sock is one
+        if cls is not None and isinstance(sock, cls):
+            return True
+    return False
+
+
+def check_closable(sock: object) -> None:
+    """With close=True the manager closes what it drops: through ``close()``, or
+    ``os.close`` for an int fd. An object without close(), or an event loop's transport
+    socket (its fd belongs to the loop), is a TypeError."""
+    if isinstance(sock, int):
+        return
+    if not callable(getattr(sock, "close", None)) or _loop_owned(sock):
+        raise TypeError(
+            f"sock ({type(sock).__name__}) has no close() of its own, so a manager with close=True cannot close it "
+            "safely: use KeepaliveManager(close=False) and close it yourself, or fastka.aio.KeepaliveReaper "
+            "for asyncio transports"
+        )
+
+
+def reinit_error() -> RuntimeError:
+    """__init__ called again on an open manager (it would forget every connection)."""
+    return RuntimeError("KeepaliveManager.__init__ called on a manager that is already open; make a new one")
+
+
+def close_dropped(obj: Any, fd: int, event: Event) -> None:
+    """Close what the manager drops: FIN first for idle/limits, at once for dead. An object
+    with close() is closed through it (so it cannot later close a reused fd number). An
+    exception from the object's shutdown() or close() is swallowed: the event is still
+    reported and the manager stays consistent."""
+    if event in GRACEFUL:
+        try:
+            if isinstance(obj, socket.socket):
+                obj.shutdown(socket.SHUT_WR)
+            else:
+                s = socket.socket(fileno=fd)
+                try:
+                    s.shutdown(socket.SHUT_WR)
+                finally:
+                    s.detach()
+        except Exception:  # already reset, not connected, or not a socket: close anyway
+            pass
+    try:
+        if isinstance(obj, int):
+            os.close(fd)
+        else:
+            obj.close()
+    except Exception:  # the object's own close failed: nothing more the manager can do
+        pass

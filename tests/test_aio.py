@@ -1,0 +1,644 @@
+"""fastka.aio.KeepaliveReaper on asyncio's loop and on uvloop, over both backends, with
+real loopback connections: idle closes at idle_timeout (never before), a FIN right after
+the request that reaches max_requests, busy clients left alone, dead peers aborted, no
+loop error logged and no fd closed behind the loop."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+
+import pytest
+
+from fastka import Event, KeepaliveConfig, get_keepalive
+from fastka.aio import KeepaliveReaper
+
+LOOPS = ("asyncio", "uvloop")
+RESPONSE = b"ok\n"
+# The manager keeps time in whole milliseconds with the clock reading rounded down, so a
+# deadline can pass up to one millisecond before its exact time (seconds).
+CLOCK_GRAIN = 0.001
+
+
+@pytest.fixture(params=LOOPS)
+def loop_kind(request) -> str:
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    return request.param
+
+
+def _warm_uvloop() -> None:
+    """libuv opens a process-wide pipe with the first loop that runs; open it now, before
+    the fd-leak guard of any test takes its snapshot."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    loop = uvloop.new_event_loop()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+
+_warm_uvloop()
+
+
+def run(loop_kind: str, main, timeout: float = 60.0):
+    """Run ``main()`` on a fresh loop of the given kind with an exception handler that
+    records; fail when anything was logged."""
+    if loop_kind == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    errors = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        result = loop.run_until_complete(asyncio.wait_for(main(), timeout))
+        loop.run_until_complete(asyncio.sleep(0.05))  # let closing transports finish
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    assert errors == [], f"the loop logged errors: {errors}"
+    return result
+
+
+class Spy:
+    """A transport stand-in that records close()/abort() and forwards to the real one."""
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.calls = []
+
+    def get_extra_info(self, name, default=None):
+        return self.transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+        self.transport.abort()
+
+
+class Server:
+    """A line server on 127.0.0.1: each b"\\n"-terminated request gets RESPONSE, then the
+    reaper is touched. ``pause`` leaves reading paused (only the reaper watches)."""
+
+    def __init__(self, reaper: KeepaliveReaper, pause: bool = False, spy: bool = False, discard: bool = True) -> None:
+        self.reaper = reaper
+        self.discard = discard
+        self.pause = pause
+        self.spy = spy
+        self.transports = []  # what was added to the reaper, in connection order
+        self.lost = []  # (transport, exc) from connection_lost
+        self.fds = []
+        self.server = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Line(self), "127.0.0.1", 0, backlog=1024)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+class _Line(asyncio.Protocol):
+    def __init__(self, srv: Server) -> None:
+        self.srv = srv
+        self.buf = b""
+
+    def connection_made(self, transport) -> None:
+        self.real = transport
+        self.transport = Spy(transport) if self.srv.spy else transport
+        self.srv.transports.append(self.transport)
+        self.srv.fds.append(transport.get_extra_info("socket").fileno())
+        self.srv.reaper.add(self.transport)
+        if self.srv.pause:  # after connection_made: uvloop starts reading once it returns
+            asyncio.get_running_loop().call_soon(transport.pause_reading)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\n" in self.buf:
+            _, self.buf = self.buf.split(b"\n", 1)
+            self.real.write(RESPONSE)
+            self.srv.reaper.touch(self.transport)
+
+    def connection_lost(self, exc) -> None:
+        self.srv.lost.append((self.transport, exc))
+        if self.srv.discard:
+            self.srv.reaper.discard(self.transport)
+
+
+async def request(reader, writer) -> float:
+    """Send one request, read its response; the time the request was sent."""
+    sent = time.monotonic()
+    writer.write(b"req\n")
+    assert await reader.readexactly(len(RESPONSE)) == RESPONSE
+    return sent
+
+
+async def wait_for_eof(reader, timeout: float) -> float:
+    assert await asyncio.wait_for(reader.read(100), timeout) == b""
+    return time.monotonic()
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def close_all(writers) -> None:
+    for w in writers:
+        w.close()
+    for w in writers:
+        try:
+            await w.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+# -- the behaviour the issue asks for -------------------------------------------------
+
+
+def test_thousand_idle_connections_close_at_idle_timeout(backend, loop_kind):
+    idle = 0.5
+    n = 1000
+    events = []
+
+    async def main():
+        reaper = KeepaliveReaper(idle, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        srv = Server(reaper)
+        port = await srv.start()
+
+        async def client():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                sent = await request(reader, writer)
+                answered = time.monotonic()
+                eof = await wait_for_eof(reader, idle + 5)
+                return eof - sent, eof - answered
+            finally:
+                writer.close()
+
+        results = []
+        for start in range(0, n, 250):  # within the listen backlog
+            results += await asyncio.gather(*(client() for _ in range(start, min(n, start + 250))))
+        await until(lambda: len(srv.lost) == n)
+        await srv.stop()
+        assert len(reaper) == 0
+        reaper.close()
+        return srv, results
+
+    srv, results = run(loop_kind, main)
+    since_sent = sorted(r[0] for r in results)
+    since_answer = sorted(r[1] for r in results)
+    assert since_sent[0] >= idle - CLOCK_GRAIN, f"closed {idle - since_sent[0]:.4f} s before idle_timeout"
+    p99 = since_answer[int(len(since_answer) * 0.99) - 1]
+    assert p99 <= idle + 0.1, f"p99 EOF {p99:.3f} s after the response, idle_timeout {idle}"
+    assert events == [Event.IDLE] * n
+    assert all(exc is None for _, exc in srv.lost)
+
+
+def test_request_reaching_max_requests_gets_fin_right_after_response(backend, loop_kind):
+    async def main():
+        reaper = KeepaliveReaper(30.0, max_requests=3, _backend=backend.load())
+        srv = Server(reaper, spy=True)
+        port = await srv.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):
+            await request(reader, writer)
+        answered = time.monotonic()
+        eof = await wait_for_eof(reader, 5)
+        writer.close()
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+        return eof - answered, srv
+
+    delay, srv = run(loop_kind, main)
+    assert delay <= 0.05, f"FIN {delay * 1000:.1f} ms after the last response"
+    assert srv.transports[0].calls == ["close"]
+
+
+def test_pipelined_requests_are_flushed_before_the_fin(backend, loop_kind):
+    async def main():
+        reaper = KeepaliveReaper(30.0, max_requests=2, _backend=backend.load())
+        srv = Server(reaper)
+        port = await srv.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"a\nb\nc\n")  # the third is past the limit: answered, then closed
+        data = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+        return data
+
+    assert run(loop_kind, main) == RESPONSE * 3
+
+
+def test_client_sending_every_half_idle_timeout_is_never_closed(backend, loop_kind):
+    idle = 0.3
+
+    async def main():
+        reaper = KeepaliveReaper(idle, _backend=backend.load())
+        srv = Server(reaper)
+        port = await srv.start()
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        quiet_r, quiet_w = await asyncio.open_connection("127.0.0.1", port)
+        await request(quiet_r, quiet_w)
+        end = time.monotonic() + 4 * idle
+        while time.monotonic() < end:
+            await request(busy_r, busy_w)
+            await asyncio.sleep(idle / 2)
+        assert await asyncio.wait_for(quiet_r.read(10), 1) == b""  # the quiet one was reaped
+        assert not busy_r.at_eof() and srv.lost and len(reaper) == 1
+        assert srv.transports[0] in reaper and srv.transports[1] not in reaper
+        await close_all([busy_w, quiet_w])
+        await until(lambda: len(srv.lost) == 2)
+        await srv.stop()
+        reaper.close()
+
+    run(loop_kind, main)
+
+
+def test_max_lifetime_closes_a_busy_connection(backend, loop_kind):
+    events = []
+
+    async def main():
+        reaper = KeepaliveReaper(5.0, max_lifetime=0.3, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        srv = Server(reaper, spy=True)
+        port = await srv.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        born = time.monotonic()
+        try:
+            while not reader.at_eof() and time.monotonic() - born < 3:
+                writer.write(b"x\n")
+                await asyncio.sleep(0.05)
+                await reader.read(100)
+        except ConnectionResetError:
+            pass  # a request written after the FIN crossed it: the server's kernel answers RST
+        lived = time.monotonic() - born
+        writer.close()
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+        return lived, srv
+
+    lived, srv = run(loop_kind, main)
+    assert 0.3 <= lived < 1.0
+    assert events == [Event.MAX_LIFETIME] and srv.transports[0].calls == ["close"]
+
+
+def test_dead_peer_reset_goes_through_abort(backend, loop_kind):
+    events = []
+
+    async def main():
+        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append((t, e)), _backend=backend.load())
+        srv = Server(reaper, pause=True, spy=True)  # asyncio does not read: only the reaper sees the RST
+        port = await srv.start()
+        client = socket.create_connection(("127.0.0.1", port))
+        await until(lambda: len(srv.transports) == 1 and not srv.transports[0].transport.is_reading())
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # RST
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+        return srv
+
+    srv = run(loop_kind, main)
+    assert events == [(srv.transports[0], Event.RESET)]
+    assert srv.transports[0].calls == ["abort"]
+
+
+def test_peer_close_is_reported_and_left_to_asyncio(backend, loop_kind):
+    events = []
+
+    async def main():
+        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        srv = Server(reaper, pause=True, spy=True)
+        port = await srv.start()
+        client = socket.create_connection(("127.0.0.1", port))
+        await until(lambda: len(srv.transports) == 1 and not srv.transports[0].transport.is_reading())
+        client.close()  # FIN, nothing unread
+        await until(lambda: events != [])
+        assert srv.transports[0].calls == [] and len(reaper) == 0
+        srv.transports[0].transport.close()
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+
+    run(loop_kind, main)
+    assert events == [Event.PEER_CLOSED]
+
+
+def test_fd_numbers_reused_after_reaping_serve_normally(backend, loop_kind):
+    """Nothing is closed behind the loop: every transport closes its own socket
+    (connection_lost without error), and new connections on the same fd numbers work."""
+
+    async def main():
+        reaper = KeepaliveReaper(0.1, _backend=backend.load())
+        srv = Server(reaper)
+        port = await srv.start()
+        for round_ in range(3):
+            pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+            for reader, writer in pairs:
+                await request(reader, writer)
+            for reader, writer in pairs:
+                await wait_for_eof(reader, 2)
+            await until(lambda: len(srv.lost) == 20 * (round_ + 1))
+            await close_all([w for _, w in pairs])
+        await srv.stop()
+        reaper.close()
+        return srv
+
+    srv = run(loop_kind, main)
+    assert all(exc is None for _, exc in srv.lost)
+    assert set(srv.fds[:20]) & set(srv.fds[20:])  # the later rounds reused fd numbers
+
+
+def test_transport_closed_by_its_owner_without_discard_is_forgotten(backend, loop_kind):
+    events = []
+
+    async def main():
+        reaper = KeepaliveReaper(0.2, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        srv = Server(reaper, discard=False)  # an owner that forgets to discard
+        port = await srv.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await request(reader, writer)
+        later = socket.socket()  # made now, so the next free fd number is the server's
+        later.setblocking(False)
+        srv.transports[0].close()
+        await wait_for_eof(reader, 2)
+        await until(lambda: len(srv.lost) == 1)
+        await asyncio.get_running_loop().sock_connect(later, ("127.0.0.1", port))
+        reader2, writer2 = await asyncio.open_connection(sock=later)
+        await until(lambda: len(srv.transports) == 2)
+        # the same fd number came back for the next connection and is tracked afresh
+        assert srv.fds[1] == srv.fds[0] and len(reaper) == 1 and srv.transports[1] in reaper
+        await wait_for_eof(reader2, 2)
+        await close_all([writer, writer2])
+        await until(lambda: len(srv.lost) == 2)
+        await srv.stop()
+        reaper.close()
+
+    run(loop_kind, main)
+    assert events == [Event.IDLE]
+
+
+def test_on_event_exception_goes_to_the_loop_handler_and_reaping_goes_on(backend, loop_kind):
+    logged = []
+
+    def on_event(transport, event):
+        raise RuntimeError("metrics are down")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: logged.append(context))
+        reaper = KeepaliveReaper(0.1, on_event=on_event, _backend=backend.load())
+        srv = Server(reaper)
+        port = await srv.start()
+        pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, _ in pairs:
+            await wait_for_eof(reader, 2)
+        await close_all([w for _, w in pairs])
+        await until(lambda: len(srv.lost) == 2)
+        await srv.stop()
+        reaper.close()
+
+    run(loop_kind, main)
+    assert len(logged) == 2
+    assert all(isinstance(c["exception"], RuntimeError) and "on_event" in c["message"] for c in logged)
+
+
+def test_keepalive_config_applied_on_add(backend, loop_kind):
+    cfg = KeepaliveConfig(idle=17, interval=4, count=3)
+
+    async def main():
+        reaper = KeepaliveReaper(30.0, keepalive=cfg, _backend=backend.load())
+        srv = Server(reaper)
+        port = await srv.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await request(reader, writer)
+        state = get_keepalive(srv.transports[0].get_extra_info("socket").fileno())
+        await close_all([writer])
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+        return state
+
+    state = run(loop_kind, main)
+    assert (state.enabled, state.idle, state.interval, state.count) == (True, 17, 4, 3)
+
+
+def test_one_reader_and_no_timer(backend):
+    """asyncio's loop shows its readers and scheduled timers: the reaper has one reader
+    (the manager's fd, which rings at deadlines) and no timer, however many connections
+    it tracks."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        reaper = KeepaliveReaper(0.3, max_lifetime=0.5, _backend=backend.load())
+        srv = Server(reaper)
+        port = await srv.start()
+        pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(200)]
+        for reader, writer in pairs[::2]:
+            await request(reader, writer)
+        await until(lambda: len(srv.transports) == 200)
+        timers = [h for h in loop._scheduled if not h.cancelled()]  # this test's: wait_for, sleep
+        ours = [h for h in timers if getattr(h._callback, "__self__", None) is reaper]
+        readers = [k for k in loop._selector.get_map().values() if k.fd == reaper._mgr.fileno()]
+        for reader, _ in pairs:
+            await wait_for_eof(reader, 2)
+        await close_all([w for _, w in pairs])
+        await until(lambda: len(srv.lost) == 200)
+        await srv.stop()
+        reaper.close()
+        return timers, ours, readers
+
+    timers, ours, readers = run("asyncio", main)
+    assert ours == [] and len(timers) <= 2 and len(readers) == 1
+
+
+# -- the API surface --------------------------------------------------------------------
+
+
+def test_api(backend, loop_kind):
+    async def main():
+        srv_reaper = KeepaliveReaper(30.0, _backend=backend.load())
+        async with srv_reaper as reaper:
+            assert reaper is srv_reaper
+            srv = Server(reaper)
+            port = await srv.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await until(lambda: len(srv.transports) == 1)
+            t = srv.transports[0]
+            assert t in reaper and len(reaper) == 1 and "x" not in reaper
+            assert "1 transports" in repr(reaper)
+            with pytest.raises(ValueError, match="already"):
+                reaper.add(t)
+            reaper.touch(t)
+            reaper.discard(t)
+            assert t not in reaper and len(reaper) == 0
+            reaper.discard(t)  # twice: no error
+            reaper.touch(t)  # untracked: ignored
+            reaper.add(t)
+            assert t in reaper
+            with pytest.raises(TypeError, match="socket"):
+                reaper.add(_NoSocket())
+            for bad in (42, None, srv.transports[0].get_extra_info("socket")):
+                with pytest.raises(TypeError, match="asyncio transport"):
+                    reaper.add(bad)
+            with pytest.raises(TypeError, match="unhashable"):
+                reaper.touch([])
+            t.close()
+            with pytest.raises(ValueError, match="closing"):
+                reaper.add(_Closing())
+            await wait_for_eof(reader, 2)
+            await close_all([writer])
+            await until(lambda: len(srv.lost) == 1)
+            await srv.stop()
+        assert len(reaper) == 0 and "closed" in repr(reaper)
+        reaper.close()  # idempotent
+        with pytest.raises(ValueError, match="closed"):
+            reaper.add(t)
+        reaper.touch(t)
+        reaper.discard(t)
+
+    run(loop_kind, main)
+
+
+class _NoSocket:
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+class _Closing(_NoSocket):
+    def is_closing(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"idle_timeout": 0}, ValueError, "idle_timeout"),
+        ({"idle_timeout": "75"}, TypeError, "idle_timeout"),
+        ({"max_requests": 0}, ValueError, "max_requests"),
+        ({"max_lifetime": -1}, ValueError, "max_lifetime"),
+        ({"keepalive": 60}, TypeError, "keepalive"),
+        ({"on_event": "print"}, TypeError, "on_event"),
+    ],
+)
+def test_bad_arguments(backend, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        KeepaliveReaper(_backend=backend.load(), **kwargs)
+
+
+def test_used_from_a_second_loop_is_an_error(backend):
+    reaper = KeepaliveReaper(30.0, _backend=backend.load())
+
+    async def enter():
+        await reaper.__aenter__()
+
+    asyncio.run(enter())
+    with pytest.raises(RuntimeError, match="event loop"):
+        asyncio.run(enter())
+    reaper.close()
+
+
+def test_reaper_never_reads_a_byte(backend, loop_kind):
+    """Data (and a FIN behind it) that asyncio has not read yet stays in the socket for
+    asyncio: the reaper reports nothing until it is read, then asyncio gets all of it."""
+    events = []
+
+    async def main():
+        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        srv = Server(reaper, pause=True)
+        port = await srv.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await until(lambda: len(srv.transports) == 1 and not srv.transports[0].is_reading())
+        writer.write(b"one\ntwo\n")
+        writer.write_eof()
+        await asyncio.sleep(0.3)  # the manager re-checks a FIN behind unread data every 100 ms
+        assert events == [] and srv.transports[0] in reaper
+        srv.transports[0].resume_reading()
+        assert await asyncio.wait_for(reader.read(), 5) == RESPONSE * 2  # both requests reached asyncio
+        writer.close()
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+
+    run(loop_kind, main)
+    assert events in ([], [Event.PEER_CLOSED])
+
+
+class _FailingClose(Spy):
+    def close(self) -> None:
+        self.calls.append("close")
+        self.transport.close()
+        raise RuntimeError("close failed")
+
+
+def test_transport_and_manager_failures_go_to_the_loop_handler(backend, loop_kind):
+    """A transport whose close() raises, and a manager poll() that raises once: each is
+    logged through the loop's exception handler, the event is still reported, and the
+    reaper keeps reaping."""
+    logged, events = [], []
+    real = backend.load()
+
+    class FlakyManager(real.KeepaliveManager):
+        failed = False
+
+        def poll(self, timeout=None):
+            if not FlakyManager.failed:
+                FlakyManager.failed = True
+                raise OSError("poll failed once")
+            return super().poll(timeout)
+
+    class FlakyBackend:
+        KeepaliveManager = FlakyManager
+
+    async def main():
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: logged.append(context))
+        reaper = KeepaliveReaper(0.1, on_event=lambda t, e: events.append(e), _backend=FlakyBackend())
+        srv = Server(reaper)
+        port = await srv.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await until(lambda: len(srv.transports) == 1)
+        reaper.discard(srv.transports[0])
+        wrapped = _FailingClose(srv.transports[0])
+        reaper.add(wrapped)
+        await wait_for_eof(reader, 2)
+        await close_all([writer])
+        await until(lambda: len(srv.lost) == 1)
+        await srv.stop()
+        reaper.close()
+        return wrapped
+
+    wrapped = run(loop_kind, main)
+    assert wrapped.calls == ["close"] and events == [Event.IDLE]
+    assert [type(c["exception"]) for c in logged] == [OSError, RuntimeError]
+    assert "poll() failed" in logged[0]["message"] and "IDLE failed" in logged[1]["message"]
+    assert logged[1]["transport"] is wrapped
