@@ -5,7 +5,7 @@ import math
 import numbers
 import sys
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 from . import _platform
 
@@ -106,6 +106,33 @@ class KeepaliveConfig:
             ticks = max(1, math.ceil(round((self.user_timeout - self.idle) / self.interval, 9)))
             return float(self.idle + self.interval * ticks)
         return float(self.idle + self.interval * self.count)
+
+    def socket_options(self) -> List[Tuple[int, int, int]]:
+        """``(level, option, value)`` triples that apply this config on this platform, in
+        the order set_keepalive makes the calls: ``(SOL_SOCKET, SO_KEEPALIVE, 1)`` first,
+        then the IPPROTO_TCP options, the user timeout only when it is not None.
+
+        What urllib3, requests and httpx take as ``socket_options``; ``sock.setsockopt(*t)``
+        applies one. Raises ValueError where the platform needs an ioctl instead (Windows
+        before 10 1709: SIO_KEEPALIVE_VALS).
+        """
+        return [(cast(int, level), number, cast(int, value)) for _, level, number, value in self._plan()]
+
+    def tcp_options(self) -> Dict[int, int]:
+        """The IPPROTO_TCP options of :meth:`socket_options` as ``{option: value}`` (what
+        redis-py takes as ``socket_keepalive_options``). Raises as socket_options does."""
+        return {number: value for level, number, value in self.socket_options() if level == _platform.IPPROTO_TCP}
+
+    def _plan(self) -> List[_platform.Step]:
+        """The option calls of set_keepalive for this config, from _platform.plan."""
+        steps = _platform.plan(_platform.CURRENT, *native(self), per_option=_platform.windows_per_option())
+        for name, level, _, _ in steps:
+            if level == "ioctl":
+                raise ValueError(
+                    f"{self!r} needs the {name} ioctl on {_where()} before 10 1709, which socket options "
+                    f"cannot express; apply it with fastka.set_keepalive(sock, config) instead"
+                )
+        return steps
 
     def replace(self, **changes: Any) -> "KeepaliveConfig":
         """A copy with the given fields changed (validated again)."""

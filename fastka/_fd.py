@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 
-def fd_of(sock: object, name: str = "sock") -> int:
+def fd_of(sock: object, name: str = "sock", *, closed_ok: bool = False) -> int:
     """Return the file descriptor of ``sock``.
 
     Raises TypeError for anything that is not an int fd or has no usable ``fileno()``,
-    ValueError for a negative fd.
+    ValueError for a negative fd. With ``closed_ok``, None and an object whose fileno()
+    is -1 (a closed socket) give -1 instead.
     """
+    if closed_ok and sock is None:
+        return -1
     if isinstance(sock, bool):
         raise TypeError(f"{name} must be a socket, an object with fileno() or an int fd, not bool")
     if isinstance(sock, int):
@@ -22,6 +25,8 @@ def fd_of(sock: object, name: str = "sock") -> int:
         fd = fileno()
         if isinstance(fd, bool) or not isinstance(fd, int):
             raise TypeError(f"{name}.fileno() must return an int, not {type(fd).__name__}")
+        if closed_ok and fd == -1:
+            return -1
     if fd < 0:
         raise ValueError(f"{name} is a negative fd ({fd}); a closed socket has fileno() -1")
     if fd > 0x7FFFFFFF:

@@ -1,11 +1,13 @@
 """Type stubs of the compiled keepalive backend (same API as fastka._keepalive_py)."""
-from typing import Dict, Iterable, List, Optional, Tuple, TypedDict, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypedDict, TypeVar, overload
+import socket
 
-from . import _Seconds, _Sock
+from . import _Seconds, _Sock, SocketLike
 from ._config import KeepaliveConfig
 from ._types import KeepaliveState, TcpInfo
 
-_S = TypeVar("_S", bound=_Sock)
+_S = TypeVar("_S", bound=Optional[SocketLike])
+_T = TypeVar("_T")
 
 class _Platform(TypedDict):
     name: str
@@ -24,6 +26,7 @@ def batch_path() -> str: ...
 def set_batch_path(path: str) -> None: ...
 
 __all__ = [
+    "create_server",
     "disable_keepalive",
     "find_dead",
     "get_keepalive",
@@ -64,4 +67,16 @@ def set_keepalive_many(
 ) -> Dict[int, OSError]: ...
 def tcp_info(sock: _Sock) -> TcpInfo: ...
 def is_alive(sock: _Sock) -> bool: ...
-def find_dead(socks: Iterable[_S]) -> List[_S]: ...
+@overload
+def find_dead(socks: Iterable[_S], *, key: None = ...) -> List[_S]: ...
+@overload
+def find_dead(socks: Iterable[_T], *, key: Callable[[_T], Optional[SocketLike]]) -> List[_T]: ...
+def create_server(
+    address: Tuple[Any, ...],
+    config: Optional[KeepaliveConfig] = ...,
+    *,
+    family: int = ...,
+    backlog: Optional[int] = ...,
+    reuse_port: bool = ...,
+    dualstack_ipv6: bool = ...,
+) -> socket.socket: ...

@@ -35,9 +35,11 @@ from . import _platform
 from ._config import native, resolve, update_fields
 from ._errors import keepalive_error
 from ._fd import fd_of
+from ._keepalive import create_server_over, find_dead_over, snapshot
 from ._types import TCP_STATES, KeepaliveState, TcpInfo
 
 __all__ = [
+    "create_server",
     "disable_keepalive",
     "find_dead",
     "get_keepalive",
@@ -208,17 +210,6 @@ def get_keepalive(sock):
     return _get(_fd(sock, "sock"))
 
 
-cdef list _members(object socks, str name):
-    """``socks`` as a list (TypeError when it is not an iterable of sockets)."""
-    if type(socks) is list:
-        return <list>socks
-    if isinstance(socks, (str, bytes)) or not hasattr(socks, "__iter__"):
-        raise TypeError(
-            f"{name} must be an iterable of sockets, objects with fileno() or int fds, not {type(socks).__name__}"
-        )
-    return list(socks)
-
-
 cdef int *_fd_array(list members, str name) except NULL:
     """A malloc'ed array of the members' fds (at least one slot); TypeError/ValueError
     naming the position for a member that has none."""
@@ -243,7 +234,7 @@ def set_keepalive_many(socks, config=None, *, idle=None, interval=None, count=No
     TypeError/ValueError raised before any socket is touched, as set_keepalive does.
     """
     cfg = resolve(config, idle, interval, count, user_timeout)
-    cdef list members = _members(socks, "socks")
+    cdef list members = snapshot(socks, "socks")
     cdef Py_ssize_t i, n = len(members)
     cdef fk_keepalive c
     cdef size_t nfail = 0
@@ -319,28 +310,27 @@ def is_alive(sock):
     return state == 0
 
 
-def find_dead(socks):
-    """The members of ``socks`` that is_alive calls dead, in their order, from one poll
-    over all of them. Raises as is_alive does for a member that is not an open fd."""
-    cdef list members = _members(socks, "socks")
-    cdef Py_ssize_t i, n = len(members)
+def _dead_states(list fds):
+    """For each of ``fds``: 1 dead, 0 alive, -errno not pollable (src/liveness.h), from
+    one poll with the GIL released."""
+    cdef Py_ssize_t i, n = len(fds)
     cdef long rc
-    cdef int *fds = _fd_array(members, "socks")
+    cdef int *cfds = <int *>malloc((n if n else 1) * sizeof(int))
     cdef int *states = <int *>malloc((n if n else 1) * sizeof(int))
-    cdef list dead = []
     try:
-        if states == NULL:
+        if cfds == NULL or states == NULL:
             raise MemoryError()
-        with nogil:
-            rc = fk_find_dead(fds, <size_t>n, states)
-        if rc < 0:
-            raise OSError(<int>-rc, f"poll over {n} fds failed")
         for i in range(n):
-            if states[i] < 0:
-                raise keepalive_error(-states[i], fds[i], "poll")
-            if states[i]:
-                dead.append(members[i])
-        return dead
+            cfds[i] = fds[i]
+        with nogil:
+            rc = fk_find_dead(cfds, <size_t>n, states)
+        if rc < 0:
+            raise OSError(<int>-rc, f"poll over {n} fds failed: {os.strerror(<int>-rc)}")
+        return [states[i] for i in range(n)]
     finally:
-        free(fds)
+        free(cfds)
         free(states)
+
+
+find_dead = find_dead_over(_dead_states)
+create_server = create_server_over(set_keepalive)

@@ -14,11 +14,13 @@ from typing import Any, Dict, Iterable, List, Optional, cast
 from . import _platform
 from ._config import KeepaliveConfig, Seconds, native, resolve, update_fields
 from ._errors import keepalive_error
+from ._keepalive import create_server_over, find_dead_over, snapshot
 from ._fd import fd_of
 from ._liveness_py import dead_states
 from ._types import TCP_STATES, KeepaliveState, TcpInfo
 
 __all__ = [
+    "create_server",
     "disable_keepalive",
     "find_dead",
     "get_keepalive",
@@ -172,13 +174,6 @@ def get_keepalive(sock: object) -> KeepaliveState:
         _release(sock, s)
 
 
-def _members(socks: Iterable[Any], name: str) -> List[Any]:
-    """``socks`` as a list (TypeError when it is not an iterable of sockets)."""
-    if isinstance(socks, (str, bytes)) or not hasattr(socks, "__iter__"):
-        raise TypeError(f"{name} must be an iterable of sockets, objects with fileno() or int fds, not {type(socks).__name__}")
-    return socks if isinstance(socks, list) else list(socks)
-
-
 def _fds(members: List[Any], name: str) -> List[int]:
     """The fd of every member; TypeError/ValueError (naming the position) for a member
     that has none, before any system call."""
@@ -201,7 +196,7 @@ def set_keepalive_many(
     TypeError/ValueError raised before any socket is touched, as set_keepalive does.
     """
     cfg = resolve(config, idle, interval, count, user_timeout)
-    fds = _fds(_members(socks, "socks"), "socks")
+    fds = _fds(snapshot(socks, "socks"), "socks")
     values = native(cfg)
     per_option = _platform.windows_per_option()
     steps = _steps(-1, *values) if per_option else []
@@ -276,23 +271,11 @@ def is_alive(sock: object) -> bool:
     user timeout fired, or an error is pending; True otherwise. Non-blocking; consumes
     neither data nor the pending error. OSError(EBADF) for an fd that is not open."""
     fd = fd_of(sock)
-    state = dead_states((fd,))[fd]
+    state = dead_states([fd])[0]
     if state < 0:
         raise keepalive_error(-state, fd, "poll")
     return not state
 
 
-def find_dead(socks: Iterable[Any]) -> List[Any]:
-    """The members of ``socks`` that is_alive calls dead, in their order, from one poll
-    over all of them. Raises as is_alive does for a member that is not an open fd."""
-    members = _members(socks, "socks")
-    fds = _fds(members, "socks")
-    states = dead_states(fds)
-    dead: List[Any] = []
-    for member, fd in zip(members, fds):
-        state = states[fd]
-        if state < 0:
-            raise keepalive_error(-state, fd, "poll")
-        if state:
-            dead.append(member)
-    return dead
+find_dead = find_dead_over(dead_states)
+create_server = create_server_over(set_keepalive)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 from ._types import Event
 
@@ -76,30 +76,31 @@ def liveness(fd: int) -> Tuple[int, int]:
     return 0, 0
 
 
-def dead_states(fds: Iterable[int]) -> Dict[int, int]:
-    """{fd: 1 dead / 0 alive / -EBADF not open} from one zero-timeout poll over ``fds``.
+def dead_states(fds: List[int]) -> List[int]:
+    """For each of ``fds``: 1 dead, 0 alive, -EBADF not open; from one zero-timeout poll.
 
     Dead is what fastka.is_alive calls dead: the peer sent FIN or RST, a keepalive or
     user timeout fired, or an error is pending (POLLRDHUP, POLLHUP or POLLERR; where
     there is no POLLRDHUP, a readable socket whose peek is empty). Neither data nor the
     pending error is consumed. Mirrors fk_find_dead in src/liveness.c.
     """
-    states: Dict[int, int] = {}
     if not hasattr(select, "poll"):  # Windows: select() in chunks under its FD_SETSIZE
-        return _dead_states_select(fds)
-    p = select.poll()
-    for fd in fds:
-        if fd not in states:
-            p.register(fd, select.POLLIN | POLLRDHUP)
-            states[fd] = 0
-    for fd, revents in p.poll(0):
-        if revents & select.POLLNVAL:
-            states[fd] = -errno.EBADF
-        elif revents & (select.POLLERR | select.POLLHUP | POLLRDHUP):
-            states[fd] = 1
-        elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
-            states[fd] = 1
-    return states
+        by_fd = _dead_states_select(fds)
+    else:
+        by_fd = {}
+        p = select.poll()
+        for fd in fds:
+            if fd not in by_fd:
+                p.register(fd, select.POLLIN | POLLRDHUP)
+                by_fd[fd] = 0
+        for fd, revents in p.poll(0):
+            if revents & select.POLLNVAL:
+                by_fd[fd] = -errno.EBADF
+            elif revents & (select.POLLERR | select.POLLHUP | POLLRDHUP):
+                by_fd[fd] = 1
+            elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
+                by_fd[fd] = 1
+    return [by_fd[fd] for fd in fds]
 
 
 def _dead_states_select(fds: Iterable[int]) -> Dict[int, int]:

@@ -181,14 +181,16 @@ def plan(
 ) -> List[Step]:
     """The option calls that apply one config on ``table``'s platform, in order.
 
-    Fields < 0 are left alone (user_timeout_ms_ < 0 means None). The TCP options come
-    first, then SO_KEEPALIVE, as src/keepalive.c does. ``per_option=False`` is Windows
+    Fields < 0 are left alone (user_timeout_ms_ < 0 means None). SO_KEEPALIVE comes
+    first (``enable``), then the TCP options: set_keepalive, socket_options() and the
+    manager all make the calls in this one order, so an error names the same first
+    failing option everywhere. ``per_option=False`` is Windows
     before 10 1709: SIO_KEEPALIVE_VALS with both idle and interval (the caller fills what
     it was not given, see :func:`windows_fill`), and TCP_KEEPCNT only for a count other
     than the fixed 10 (it fails before Windows 10 1703: an error, not an ignored field).
     Raises OSError(ENOPROTOOPT) for user_timeout where the platform has none.
     """
-    steps: List[Step] = []
+    steps: List[Step] = [("SO_KEEPALIVE", SOL_SOCKET, SO_KEEPALIVE, 1)] if enable else []
     if per_option or table.legacy_ioctl is None:
         if idle >= 0:
             steps.append((table.idle.name, IPPROTO_TCP, table.idle.number, idle))
@@ -209,8 +211,6 @@ def plan(
             raise OSError(errno.ENOPROTOOPT, f"user_timeout cannot be set on {table.title}: it has no per-socket user timeout")
         steps.append((table.user_timeout.name, IPPROTO_TCP, table.user_timeout.number,
                       user_timeout_value(user_timeout_ms_, table)))
-    if enable:
-        steps.append(("SO_KEEPALIVE", SOL_SOCKET, SO_KEEPALIVE, 1))
     return steps
 
 

@@ -1,8 +1,8 @@
 /* TCP keepalive through setsockopt(2) / getsockopt(2); see keepalive.h and platform.h.
  *
- * The success path of fk_keepalive_apply is exactly the option calls: TCP_KEEPIDLE,
- * TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT (when asked) and SO_KEEPALIVE. The TCP
- * options go first, so a socket that is not TCP fails before SO_KEEPALIVE changes it.
+ * The success path of fk_keepalive_apply is exactly the option calls, in the order of
+ * fastka/_platform.plan: SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT and
+ * TCP_USER_TIMEOUT (when asked).
  */
 #include "keepalive.h"
 #include "platform.h"
@@ -159,12 +159,8 @@ static int set_fields(int fd, const struct fk_keepalive *cfg, const char **faile
 
 int fk_keepalive_apply(int fd, const struct fk_keepalive *cfg, const char **failed)
 {
-    int rc = set_fields(fd, cfg, failed);
-
-    if (rc < 0)
-        return rc;
     TRY(set_int(fd, SOL_SOCKET, SO_KEEPALIVE, 1), "SO_KEEPALIVE");
-    return 0;
+    return set_fields(fd, cfg, failed);
 }
 
 int fk_keepalive_update(int fd, const struct fk_keepalive *cfg, const char **failed)

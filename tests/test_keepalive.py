@@ -375,3 +375,75 @@ def test_any_valid_config_round_trips_through_the_kernel(backend, idle, interval
         state = backend.get_keepalive(s)
         assert (state.idle, state.interval, state.count) == (cfg.idle, cfg.interval, cfg.count)
         assert state.user_timeout == (ut_ms / 1000 if ut_ms else None)
+
+
+# -- socket_options(): the same calls as set_keepalive ----------------------------------
+
+
+@pytest.mark.parametrize("cfg", [KeepaliveConfig(), KeepaliveConfig(idle=7, interval=3, count=2, user_timeout=2.007),
+                                 KeepaliveConfig(idle=1.5, user_timeout=0)], ids=repr)
+def test_socket_options_set_what_set_keepalive_sets(backend, cfg):
+    with socket.socket() as by_fastka, socket.socket() as by_list, socket.socket() as by_dict:
+        for s in (by_fastka, by_list, by_dict):
+            s.setsockopt(TCP, socket.TCP_USER_TIMEOUT, 777)  # None must leave it alone
+        backend.set_keepalive(by_fastka, cfg)
+        for triple in cfg.socket_options():
+            by_list.setsockopt(*triple)
+        by_dict.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in cfg.tcp_options().items():
+            by_dict.setsockopt(TCP, option, value)
+        assert kernel(by_list) == kernel(by_dict) == kernel(by_fastka)
+
+
+def test_user_timeout_is_converted_to_ms_once(backend, tcp):
+    """2.007 s is 2006.9999... ms in binary floating point: every path must give 2007."""
+    cfg = KeepaliveConfig(user_timeout=2.007)
+    backend.set_keepalive(tcp, cfg)
+    assert kernel(tcp)[4] == 2007
+    assert dict(((level, opt), v) for level, opt, v in cfg.socket_options())[(TCP, socket.TCP_USER_TIMEOUT)] == 2007
+    backend.update_keepalive(tcp, user_timeout=2.007)
+    assert kernel(tcp)[4] == 2007
+    with socket.socket() as other:
+        assert backend.set_keepalive_many([other], cfg) == {}
+        assert kernel(other)[4] == 2007
+
+
+# -- create_server ---------------------------------------------------------------------
+
+
+def test_create_server_configures_the_listener_and_connections_inherit(backend):
+    cfg = KeepaliveConfig(idle=33, interval=4, count=2, user_timeout=5)
+    with backend.create_server(("127.0.0.1", 0), cfg, backlog=8) as lst:
+        assert lst.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        assert kernel(lst) == (1, 33, 4, 2, 5000)
+        with socket.create_connection(lst.getsockname()):
+            accepted, _ = lst.accept()
+            with accepted:
+                assert kernel(accepted) == (1, 33, 4, 2, 5000)
+    with backend.create_server(("127.0.0.1", 0)) as lst:
+        assert kernel(lst)[:4] == (1, 60, 10, 5)
+
+
+def test_create_server_passes_the_socket_module_keywords(backend):
+    try:
+        lst = backend.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=socket.has_dualstack_ipv6(),
+                                    reuse_port=True)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 listener here: {exc}")
+    with lst:
+        assert lst.family == socket.AF_INET6
+        assert lst.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        assert kernel(lst)[0] == 1
+
+
+def test_create_server_checks_the_config_before_binding(backend):
+    with pytest.raises(TypeError, match="config must be a KeepaliveConfig"):
+        backend.create_server(("127.0.0.1", 0), {"idle": 5})
+
+
+def test_create_server_closes_the_socket_when_keepalive_fails(backend, tmp_path):
+    """A Unix listener has no TCP options: the error says so and no fd is left open (the
+    autouse no_fd_leak fixture checks)."""
+    with pytest.raises(OSError) as info:
+        backend.create_server(str(tmp_path / "sock"), family=socket.AF_UNIX)
+    assert "is not a TCP socket (it is Unix stream)" in str(info.value)

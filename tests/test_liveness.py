@@ -161,3 +161,95 @@ def test_tcp_info_elsewhere_names_the_platform(monkeypatch, tcp_pair):
     monkeypatch.setattr(_keepalive_py, "TABLE", _platform.DARWIN)
     with pytest.raises(NotImplementedError, match="which macOS does not have"):
         _keepalive_py.tcp_info(tcp_pair[0])
+
+
+# -- find_dead(socks, *, key=None): pools, closed members, concurrent mutation ---------
+
+
+def test_find_dead_works_on_a_snapshot_while_another_thread_mutates_the_list(backend, listener):
+    """Issue 13, item 5: another thread inserting at the front of the caller's list (or
+    popping from it) while find_dead runs must never make a live member come back as dead,
+    nor raise IndexError: find_dead reports members of the list as it was when called."""
+    import threading
+
+    pairs = []
+    try:
+        for _ in range(400):
+            c = socket.create_connection(listener.getsockname())
+            s, _ = listener.accept()
+            pairs.append((c, s))
+        dead_pairs = pairs[::40]
+        for _, s in dead_pairs:
+            s.close()
+        for c, _ in dead_pairs:
+            settle(c)
+        dead = {id(c) for c, _ in dead_pairs}
+        live_extra = [c for c, _ in pairs if id(c) not in dead][:20]
+        members = [c for c, _ in pairs]
+        stop = threading.Event()
+        errors = []
+
+        def mutate():
+            k = 0
+            while not stop.is_set():
+                members.insert(0, live_extra[k % len(live_extra)])  # shifts every index by one
+                members.pop(0)
+                if k % 7 == 0:
+                    members.append(live_extra[0])
+                    members.pop()
+                k += 1
+
+        t = threading.Thread(target=mutate)
+        t.start()
+        try:
+            for _ in range(300):
+                try:
+                    got = backend.find_dead(members)
+                except Exception as exc:  # IndexError before the fix
+                    errors.append(exc)
+                    continue
+                wrong = [m for m in got if id(m) not in dead]
+                if wrong:
+                    errors.append(f"{len(wrong)} live members reported dead")
+        finally:
+            stop.set()
+            t.join()
+        assert errors == []
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()
+
+
+class Conn:
+    """A pool's connection object: its socket is an attribute, None once disconnected."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+
+def test_find_dead_with_key_none_and_closed_members(backend, listener):
+    pairs = []
+    try:
+        for _ in range(3):
+            c = socket.create_connection(listener.getsockname())
+            s, _ = listener.accept()
+            pairs.append((c, s))
+        pairs[1][1].close()
+        settle(pairs[1][0])
+        closed = socket.socket()
+        closed.close()
+        conns = [Conn(pairs[0][0]), Conn(None), Conn(pairs[1][0]), Conn(closed), Conn(pairs[2][0])]
+        assert backend.find_dead(conns, key=lambda c: c.sock) == [conns[1], conns[2], conns[3]]
+        assert backend.find_dead([pairs[0][0], None, closed]) == [None, closed]
+        assert backend.find_dead((c for c in conns), key=lambda c: c.sock) == [conns[1], conns[2], conns[3]]
+        with pytest.raises(TypeError, match=r"key\(socks\[1\]\) must be a socket"):
+            backend.find_dead([conns[0], "x"], key=lambda c: getattr(c, "sock", c))
+        with pytest.raises(TypeError, match="key must be a callable or None, not int"):
+            backend.find_dead(conns, key=5)
+        with pytest.raises(ValueError, match=r"socks\[0\] is a negative fd \(-1\)"):
+            backend.find_dead([-1])  # an int is an fd, not a closed socket
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()

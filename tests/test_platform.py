@@ -2,8 +2,8 @@
 
 Only Linux runs the real calls here; these tests check every row of every platform's
 table everywhere, by asking for the option calls (``plan``) and by validating configs
-with another platform's table injected. The README's mapping table is checked against
-the same rows.
+with another platform's table injected. The documentation's mapping table is generated
+from the same tables (docs/_ext/fastka_tables.py; tests/test_docs.py checks it).
 """
 from __future__ import annotations
 
@@ -35,30 +35,30 @@ def on(monkeypatch):
 
 def test_linux_mapping():
     assert plan(LINUX, 60, 10, 5, 2500) == [
+        KEEPALIVE_ON,  # first: set_keepalive, socket_options() and the manager share this order
         ("TCP_KEEPIDLE", TCP, 4, 60),
         ("TCP_KEEPINTVL", TCP, 5, 10),
         ("TCP_KEEPCNT", TCP, 6, 5),
         ("TCP_USER_TIMEOUT", TCP, 18, 2500),  # milliseconds
-        KEEPALIVE_ON,
     ]
 
 
 def test_macos_mapping_uses_the_constants_python_lacks():
     assert plan(DARWIN, 60, 10, 5, 2500) == [
+        KEEPALIVE_ON,
         ("TCP_KEEPALIVE", TCP, 0x10, 60),  # macOS' idle option
         ("TCP_KEEPINTVL", TCP, 0x101, 10),
         ("TCP_KEEPCNT", TCP, 0x102, 5),
         ("TCP_RXT_CONNDROPTIME", TCP, 0x80, 3),  # whole seconds, rounded up
-        KEEPALIVE_ON,
     ]
 
 
 def test_freebsd_mapping_has_no_user_timeout():
     assert plan(FREEBSD, 60, 10, 5, -1) == [
+        KEEPALIVE_ON,
         ("TCP_KEEPIDLE", TCP, 256, 60),
         ("TCP_KEEPINTVL", TCP, 512, 10),
         ("TCP_KEEPCNT", TCP, 1024, 5),
-        KEEPALIVE_ON,
     ]
     assert plan(FREEBSD, 60, 10, 5, 0) == plan(FREEBSD, 60, 10, 5, -1)  # 0 = default: nothing to do
     with pytest.raises(OSError) as info:
@@ -68,10 +68,10 @@ def test_freebsd_mapping_has_no_user_timeout():
 
 def test_solaris_illumos_mapping():
     assert plan(SUNOS, 60, 10, 5, -1) == [
+        KEEPALIVE_ON,
         ("TCP_KEEPIDLE", TCP, 0x22, 60),
         ("TCP_KEEPINTVL", TCP, 0x24, 10),
         ("TCP_KEEPCNT", TCP, 0x23, 5),
-        KEEPALIVE_ON,
     ]
     with pytest.raises(OSError, match="Solaris/illumos"):
         plan(SUNOS, 60, 10, 5, 3000)
@@ -79,24 +79,24 @@ def test_solaris_illumos_mapping():
 
 def test_windows_per_option_mapping():
     assert plan(WINDOWS, 60, 10, 5, 2500) == [
+        KEEPALIVE_ON,
         ("TCP_KEEPIDLE", TCP, 3, 60),  # seconds, Windows 10 1709+
         ("TCP_KEEPINTVL", TCP, 17, 10),
         ("TCP_KEEPCNT", TCP, 16, 5),
         ("TCP_MAXRT", TCP, 5, 3),  # whole seconds, rounded up
-        KEEPALIVE_ON,
     ]
 
 
 def test_windows_legacy_ioctl_writes_idle_and_interval_in_ms():
     assert plan(WINDOWS, 60, 10, 10, -1, per_option=False) == [
-        ("SIO_KEEPALIVE_VALS", "ioctl", 0, (1, 60_000, 10_000)),  # count 10 is what it sends anyway
         KEEPALIVE_ON,
+        ("SIO_KEEPALIVE_VALS", "ioctl", 0, (1, 60_000, 10_000)),  # count 10 is what it sends anyway
     ]
 
 
 def test_windows_legacy_count_is_asked_for_not_ignored():
     steps = plan(WINDOWS, 60, 10, 5, -1, per_option=False)
-    assert steps[1] == ("TCP_KEEPCNT", TCP, 16, 5)  # fails before 1703: an error, not ignored
+    assert steps[2] == ("TCP_KEEPCNT", TCP, 16, 5)  # fails before 1703: an error, not ignored
 
     class OldWindowsSocket:
         def __init__(self):
@@ -114,7 +114,8 @@ def test_windows_legacy_count_is_asked_for_not_ignored():
     with pytest.raises(OSError) as info:
         _keepalive_py._run(fake, 7, steps)  # type: ignore[arg-type]
     assert info.value.errno == errno.ENOPROTOOPT and "TCP_KEEPCNT" in str(info.value) and "fd 7" in str(info.value)
-    assert fake.calls == [("ioctl", _platform.SIO_KEEPALIVE_VALS, (1, 60_000, 10_000))]
+    assert fake.calls == [("setsockopt", socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+                          ("ioctl", _platform.SIO_KEEPALIVE_VALS, (1, 60_000, 10_000))]
 
 
 def test_windows_legacy_needs_both_fields():
@@ -134,7 +135,7 @@ def test_windows_update_fills_from_last_set_then_system_defaults(monkeypatch):
 
 def test_update_sets_only_the_given_fields_everywhere():
     for table in (LINUX, DARWIN, FREEBSD, SUNOS, WINDOWS):
-        assert plan(table, -1, 20, -1, -1) == [(table.interval.name, TCP, table.interval.number, 20), KEEPALIVE_ON]
+        assert plan(table, -1, 20, -1, -1) == [KEEPALIVE_ON, (table.interval.name, TCP, table.interval.number, 20)]
         assert plan(table, -1, -1, -1, -1) == [KEEPALIVE_ON]
         assert plan(table, -1, -1, -1, -1, enable=False) == []
 
@@ -211,7 +212,7 @@ def test_unknown_platform_uses_pythons_constants():
     table = _platform._generic("plan9")
     assert table.idle == _platform.Option("TCP_KEEPIDLE", getattr(socket, "TCP_KEEPIDLE", -1), "s")
     assert table.user_timeout is None and table.limits.idle == (10, 32767)
-    assert plan(table, 60, 10, 5, -1)[0] == ("TCP_KEEPIDLE", TCP, table.idle.number, 60)
+    assert plan(table, 60, 10, 5, -1)[1] == ("TCP_KEEPIDLE", TCP, table.idle.number, 60)
 
 
 def test_python_constants_agree_where_python_has_them():
@@ -241,45 +242,3 @@ def test_compiled_table_agrees_with_python():
         "count": t.limits.count,
         "user_timeout_ms_max": t.limits.user_timeout_ms[1] if t.limits.user_timeout_ms else 0,
     }
-
-
-# -- the README's table -----------------------------------------------------------------
-
-def _cell(option):
-    if option is None:
-        return "none: `ValueError`"
-    return f"`{option.name}` ({option.number:#x}, {option.unit})"
-
-
-def readme_rows():
-    """The README's mapping table, generated from the tables (so a test can compare)."""
-    tables = (LINUX, DARWIN, FREEBSD, SUNOS, WINDOWS)
-    legacy = f"`{WINDOWS.legacy_ioctl}` (ms)"
-    rows = [
-        "| field | " + " | ".join(t.title for t in tables[:-1]) + " | Windows 10 1709+ | Windows before 10 1709 |",
-        "|---" * (len(tables) + 2) + "|",
-        "| idle | " + " | ".join(_cell(t.idle) for t in tables) + f" | {legacy} |",
-        "| interval | " + " | ".join(_cell(t.interval) for t in tables) + f" | {legacy} |",
-        "| count | " + " | ".join(_cell(t.count) for t in tables)
-        + f" | fixed at {WINDOWS.legacy_count} (`TCP_KEEPCNT` from 1703) |",
-        "| user_timeout | " + " | ".join(_cell(t.user_timeout) for t in tables) + f" | {_cell(WINDOWS.user_timeout)} |",
-        "| idle range (s) | " + " | ".join("{}..{}".format(*t.limits.idle) for t in tables)
-        + " | {}..{} |".format(*WINDOWS.limits.idle),
-        "| interval range (s) | " + " | ".join("{}..{}".format(*t.limits.interval) for t in tables)
-        + " | {}..{} |".format(*WINDOWS.limits.interval),
-        "| count range | " + " | ".join("{}..{}".format(*t.limits.count) for t in tables)
-        + f" | {WINDOWS.legacy_count} |",
-    ]
-    return rows
-
-
-def test_readme_table_matches_the_code():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(root, "README.md")
-    if not os.path.exists(path):
-        pytest.skip("README.md is not written yet")
-    text = open(path, encoding="utf-8").read()
-    if "| field | Linux |" not in text:
-        pytest.skip("README.md has no platform mapping table yet")
-    for row in readme_rows():
-        assert row in text, f"README.md's mapping table lacks (or differs in) the row:\n{row}"
