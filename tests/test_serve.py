@@ -25,6 +25,8 @@ pytest.importorskip("httptools", reason="fastka serve needs the serve extra (htt
 
 class Server:
     def __init__(self, backend: str, *flags: str) -> None:
+        self.out: "str | None" = None
+        self.err = ""
         cmd = [sys.executable, "-m", "fastka.cli", "serve", "--port", "0", "--backend", backend, *flags]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
@@ -47,14 +49,17 @@ class Server:
             conn.close()
 
     def stop(self) -> str:
+        """SIGTERM, wait; returns stdout (stderr is kept in ``.err``)."""
+        if self.out is not None:
+            return self.out
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=15)
+            self.out, self.err = self.proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return out
+            self.out, self.err = self.proc.communicate()
+        return self.out
 
 
 @pytest.fixture(params=("c", "python"))
@@ -348,3 +353,217 @@ def test_out_of_fds_pauses_accept_and_recovers(serve):
     time.sleep(0.3)
     st = s.status()
     assert st["requests"] == 1 and st["accepted"] >= 2
+
+
+# -- issue 13: hostile use (each test failed on the server before the fix) -----------------
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+
+
+REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+OK = b"HTTP/1.1 200 OK"
+
+
+def read_responses(c: socket.socket, want: int) -> int:
+    """Read until ``want`` 200 responses arrived (or EOF); returns how many did."""
+    got, tail = 0, b""
+    while got < want:
+        chunk = c.recv(1 << 20)
+        if not chunk:
+            break
+        data = tail + chunk
+        got += data.count(OK)
+        tail = data[-(len(OK) - 1):]
+    return got
+
+
+def test_pipelining_costs_no_timer_per_request(serve):
+    """Timers are O(connections): 40,000 pipelined requests on one connection with a long
+    keep-alive timeout leave the server's memory where the first 4,000 put it."""
+    s = serve("--keepalive-timeout", "60", "--max-requests", "1000000")
+    batch = REQ * 1000
+    with s.connect() as c:
+
+        def round_trip(batches: int) -> None:
+            for _ in range(batches):
+                c.sendall(batch)
+                assert read_responses(c, 1000) == 1000
+
+        round_trip(4)
+        before = rss_kib(s.proc.pid)
+        round_trip(36)
+        grown = rss_kib(s.proc.pid) - before
+        st = s.status()
+    assert grown < 1024, f"server RSS grew by {grown} KiB over 36,000 requests"
+    assert st["requests"] >= 40000
+    assert st["request_clocks"] <= 2  # at most one per connection (this one, the status query)
+
+
+def test_client_that_never_reads_is_not_read(serve):
+    """Output backpressure: a client that pipelines and never reads stops being read once
+    its unsent output passes the bound; memory stays flat, reading resumes as it drains,
+    and memory comes back after the connection closes."""
+    s = serve("--keepalive-timeout", "30", "--max-requests", "1000000")
+    base = rss_kib(s.proc.pid)
+    c = s.connect()
+    try:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.setblocking(False)
+        flood = memoryview(REQ * (8 * 1024 * 1024 // len(REQ)))
+        sent, stuck_since = 0, None
+        deadline = time.monotonic() + 10
+        while sent < len(flood) and time.monotonic() < deadline:
+            try:
+                sent += c.send(flood[sent:sent + 65536])
+                stuck_since = None
+            except BlockingIOError:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > 1.0:
+                    break  # the server stopped reading
+                time.sleep(0.01)
+        peak = rss_kib(s.proc.pid) - base
+        assert sent < len(flood), "the server read everything the client sent"
+        assert peak < 8 * 1024, f"server RSS grew by {peak} KiB while the client did not read"
+        st = s.status()
+        assert 0 < st["unsent_bytes"] < 1024 * 1024, st
+        # drain: every request sent so far is answered, in order, once the client reads
+        c.setblocking(True)
+        c.settimeout(10)
+        c.shutdown(socket.SHUT_WR)
+        want = sent // len(REQ)
+        assert read_responses(c, want + 1) == want  # then the server's FIN
+    finally:
+        c.close()
+    time.sleep(0.3)
+    st = s.status()
+    assert st["unsent_bytes"] == 0 and st["open_connections"] == 1, st
+
+
+def test_bytes_that_never_make_a_request_do_not_keep_a_connection(serve):
+    """A CRLF every 0.3 s starts the request clock; only a complete request would stop it."""
+    s = serve("--keepalive-timeout", "1")
+    with s.connect() as c:
+        c.sendall(REQ)
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        c.settimeout(0.3)
+        t0 = time.monotonic()
+        eof_at = None
+        while time.monotonic() - t0 < 4:
+            try:
+                c.sendall(b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                eof_at = time.monotonic() - t0
+                break
+            try:
+                if c.recv(4096) == b"":
+                    eof_at = time.monotonic() - t0
+                    break
+            except socket.timeout:
+                pass
+    assert eof_at is not None and eof_at < 1.8, eof_at
+    assert s.status()["closes"].get("request_timeout") == 1
+
+
+def test_a_complete_request_after_crlf_is_served(serve):
+    s = serve()
+    with s.connect() as c:
+        c.sendall(b"\r\n" + REQ)
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        c.sendall(REQ)
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def _send_bytewise(c: socket.socket, data: bytes) -> None:
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(len(data)):
+        c.sendall(data[i:i + 1])
+        if i % 8 == 0:
+            time.sleep(0.0005)
+
+
+@pytest.mark.parametrize("size, limit, status", [(501, None, b"200"), (300, 300, b"200"), (301, 300, b"431")])
+def test_header_size_counts_bytes_not_fragments(serve, size, limit, status):
+    """The same request gets the same answer whole or one byte at a time."""
+    s = serve(*(["--max-header-size", str(limit)] if limit else []))
+    url = b"/" + b"a" * (size - 1)
+    req = b"GET " + url + b" HTTP/1.1\r\n\r\n"
+    for whole in (True, False):
+        with s.connect() as c:
+            if whole:
+                c.sendall(req)
+            else:
+                _send_bytewise(c, req)
+            got = c.recv(4096)
+        assert got.startswith(b"HTTP/1.1 " + status), (whole, got[:40])
+
+
+def test_unfinished_header_line_is_bounded(serve):
+    """A header line that never ends is cut off at --max-header-size plus one read: 431."""
+    s = serve()
+    with s.connect() as c:
+        c.sendall(b"GET / HTTP/1.1\r\nX-Long: ")
+        try:
+            c.sendall(b"a" * 200_000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = read_until_eof(c)
+    assert data.startswith(b"HTTP/1.1 431 ")
+
+
+def test_expect_100_continue(serve):
+    s = serve()
+    with s.connect() as c:
+        c.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        assert c.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        c.sendall(b"hello")
+        assert c.recv(4096).startswith(b"HTTP/1.1 405 ")
+    with s.connect() as c:  # HTTP/1.0 clients never get a 1xx
+        c.sendall(b"POST /x HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello")
+        assert read_until_eof(c).startswith(b"HTTP/1.1 405 ")
+
+
+@pytest.mark.parametrize("request_line", [b"GET /\r\n\r\n", b"GET / HTTP/0.9\r\n\r\n", b"GET / HTTP/2.0\r\n\r\n"])
+def test_no_http1_version_is_400_and_closed(serve, request_line):
+    s = serve()
+    with s.connect() as c:
+        c.sendall(request_line)
+        data = read_until_eof(c)
+    assert data.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in data
+    assert s.status()["closes"].get("bad_request") == 1
+
+
+def test_out_of_fds_logs_once_per_period(serve):
+    prlimit = need("prlimit")
+    s = serve()
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
+    extra = [s.connect() for _ in range(30)]
+    try:
+        time.sleep(2.0)
+    finally:
+        for c in extra:
+            c.close()
+    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
+    s.stop()
+    lines = [line for line in s.err.splitlines() if "accept" in line]
+    assert len(lines) == 1, lines
+    assert "Too many open files" in lines[0] and "connections open" in lines[0]
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--keepalive-timeout", "2e9"), ("--keepalive-timeout", "nan"), ("--keepalive-timeout", "inf"),
+    ("--keepalive-timeout", "0"), ("--keepalive-timeout", "x"), ("--max-requests", "0"),
+    ("--max-requests", "1e3"), ("--max-requests", "99999999999999999999"), ("--max-header-size", "10"),
+    ("--port", "70000"), ("--port", "-1"), ("--workers", "0"), ("--workers", "100000"), ("--workers", "two"),
+])
+def test_bad_numeric_option_is_an_argparse_error(flag, value):
+    r = subprocess.run([sys.executable, "-m", "fastka.cli", "serve", flag, value],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"fastka serve: error: argument {flag}:") and value in err, r.stderr
