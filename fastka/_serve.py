@@ -229,7 +229,7 @@ class Supervisor:
         self.address = self._hold.getsockname()
         self.pids: Dict[int, int] = {}  # pid -> worker slot
         self._started: Dict[int, float] = {}  # slot -> monotonic time of its last start
-        self._stopping = False
+        self._wake: Tuple[socket.socket, ...] = ()  # the supervisor's signal wake-up pair, once it runs
         ready_r, ready_w = os.pipe()
         try:
             for slot in range(workers):
@@ -258,9 +258,11 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
-                self._hold.close()
+                signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
+                for s in (self._hold, *self._wake):
+                    s.close()
                 try:
                     server = Server(self.host, self.address[1], stats=self.stats, worker=slot, reuse_port=True, **self.options)
                 except OSError as exc:
@@ -296,7 +298,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until SIGINT/SIGTERM; returns the exit status."""
-        wake_r, wake_w = socket.socketpair()
+        self._wake = wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         stop = []

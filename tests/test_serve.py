@@ -567,3 +567,72 @@ def test_bad_numeric_option_is_an_argparse_error(flag, value):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith(f"fastka serve: error: argument {flag}:") and value in err, r.stderr
+
+
+# -- issue 16: --workers ----------------------------------------------------------------------
+
+
+def worker_rows(s: Server) -> list:
+    time.sleep(1.1)  # other workers publish their figures once a second
+    return s.status()["workers"]
+
+
+def children(pid: int) -> set:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def test_workers_share_the_port_and_status_lists_each(serve):
+    s = serve("--workers", "2")
+    conns = [s.connect() for _ in range(24)]
+    try:
+        for c in conns:
+            c.sendall(REQ)
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        rows = worker_rows(s)
+    finally:
+        for c in conns:
+            c.close()
+    assert [r["worker"] for r in rows] == [0, 1]
+    assert {r["pid"] for r in rows} == children(s.proc.pid)
+    assert all(r["accepted"] > 0 for r in rows), rows  # SO_REUSEPORT spreads 24 connections
+    assert sum(r["requests"] for r in rows) == 24 + 1  # and the status query itself
+
+
+def test_crashed_worker_is_restarted(serve):
+    s = serve("--workers", "2")
+    rows = worker_rows(s)
+    victim = rows[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rows = worker_rows(s)
+        if rows[0]["pid"] != victim and rows[0]["pid"] in children(s.proc.pid):
+            break
+    assert rows[0]["pid"] != victim and rows[0]["restarts"] == 1 and rows[1]["restarts"] == 0, rows
+    with s.connect() as c:
+        c.sendall(REQ)
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+    s.stop()
+    assert "worker 0" in s.err and "signal 9" in s.err
+
+
+def test_workers_stop_gracefully_on_sigterm(serve):
+    s = serve("--workers", "2")
+    conns = [s.connect() for _ in range(16)]
+    try:
+        for c in conns[:8]:
+            c.sendall(REQ)
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        pids = children(s.proc.pid)
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        for c in conns:
+            assert c.recv(4096) == b""  # a FIN from whichever worker held it
+        assert s.proc.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        for c in conns:
+            c.close()
+    assert not any(os.path.exists(f"/proc/{p}/status") and "zombie" not in open(f"/proc/{p}/status").read() for p in pids)
+    assert "stopped after 8 requests" in s.stop()
