@@ -146,7 +146,7 @@ class Fastka:
             self.stop()
             raise SystemExit(f"fastka serve did not start: {line!r}")
         backend = re.search(r"backend (\w+)", line).group(1)
-        self.label = f"fastka serve ({backend}), {self.workers} workers"
+        self.label = f"fastka serve ({backend}), {self.workers} worker{'s' if self.workers > 1 else ''}"
         return int(m.group(1))
 
     def pids(self) -> List[int]:
@@ -168,6 +168,7 @@ class Nginx:
 
     def __init__(self, binary: str, workers: int, timeout: float, nofile: int) -> None:
         self.binary, self.workers, self.timeout, self.nofile = binary, workers, timeout, nofile
+        self.label = f"nginx {self.version()}, {workers} worker{'s' if workers > 1 else ''}"
 
     def start(self) -> int:
         self.dir = tempfile.mkdtemp(prefix="serve_100k_nginx_")
@@ -188,7 +189,6 @@ class Nginx:
                     raise SystemExit(f"nginx did not start: {self.proc.stderr.read()}")
                 time.sleep(0.05)
         time.sleep(0.3)  # every worker has its reuseport listener
-        self.label = f"nginx {self.version()}, {self.workers} workers"
         return port
 
     def version(self) -> str:
@@ -213,16 +213,63 @@ class Nginx:
 # -- clients -------------------------------------------------------------------------------
 
 
-def client(port: int, n: int, first_source: int, sources: int, conn, deadline_s: float) -> None:
-    """Open n connections (one GET each, answer read); report; then either hold them until
-    told to close, or wait for the server's FINs. Sends (answered_at, fin_at or None) pairs."""
+def client(port: int, n: int, first_source: int, sources: int, conn, wait_s: float) -> None:
+    """Open n connections (one GET each, answer read) and report; then hold them until told
+    to close, or (``wait_s`` > 0) wait for the server's FINs. A FIN is timed whenever it
+    arrives, also while other connections are still opening. Sends (answered_at, fin_at or
+    None) pairs."""
     raise_nofile()
     sel = selectors.DefaultSelector()
     socks = []
     answered: Dict[int, float] = {}
     fin: Dict[int, float] = {}
     failed = 0
-    pending = 0
+    pending = 0  # connecting or waiting for the answer
+
+    def handle(events) -> None:
+        nonlocal pending, failed
+        for key, ev in events:
+            s2, data = key.fileobj, key.data
+            if data is None:  # answered: the next thing is the server's FIN
+                try:
+                    chunk = s2.recv(4096)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    fin[s2.fileno()] = time.monotonic()
+                    sel.unregister(s2)
+                continue
+            if ev & selectors.EVENT_WRITE:
+                try:
+                    s2.send(REQ)
+                except OSError:
+                    sel.unregister(s2)
+                    pending -= 1
+                    failed += 1
+                    continue
+                sel.modify(s2, selectors.EVENT_READ, b"")
+                continue
+            try:
+                chunk = s2.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                sel.unregister(s2)
+                pending -= 1
+                failed += 1
+                continue
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            m = re.search(rb"Content-Length: (\d+)", head, re.I) if sep else None
+            if m and len(body) >= int(m.group(1)):
+                answered[s2.fileno()] = time.monotonic()
+                pending -= 1
+                sel.modify(s2, selectors.EVENT_READ, None)
+            else:
+                sel.modify(s2, selectors.EVENT_READ, data)
+
     for i in range(n):
         s = socket.socket()
         s.setblocking(False)
@@ -239,62 +286,24 @@ def client(port: int, n: int, first_source: int, sources: int, conn, deadline_s:
         socks.append(s)
         sel.register(s, selectors.EVENT_WRITE, b"")
         pending += 1
-        while pending > 2000 or (i == n - 1 and pending):  # bounded in flight: keep the accept queues short
-            events = sel.select(deadline_s)
+        while pending > 2000:  # bounded in flight: keep the accept queues short
+            events = sel.select(60.0)
             if not events:
-                break  # nothing moved for deadline_s: count the rest as failed below
-            for key, ev in events:
-                s2 = key.fileobj
-                if ev & selectors.EVENT_WRITE:
-                    try:
-                        s2.send(REQ)
-                    except OSError:
-                        sel.unregister(s2)
-                        pending -= 1
-                        failed += 1
-                        continue
-                    sel.modify(s2, selectors.EVENT_READ, b"")
-                    continue
-                try:
-                    chunk = s2.recv(4096)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    sel.unregister(s2)
-                    pending -= 1
-                    failed += 1
-                    continue
-                data = key.data + chunk
-                head, sep, body = data.partition(b"\r\n\r\n")
-                m = re.search(rb"Content-Length: (\d+)", head, re.I) if sep else None
-                if m and len(body) >= int(m.group(1)):
-                    answered[s2.fileno()] = time.monotonic()
-                    sel.unregister(s2)
-                    pending -= 1
-                else:
-                    sel.modify(s2, selectors.EVENT_READ, data)
+                break
+            handle(events)
+    while pending:
+        events = sel.select(60.0)
+        if not events:
+            break  # nothing moved for a minute: the rest count as failed
+        handle(events)
     failed += pending
-    for key in list(sel.get_map().values()):
-        sel.unregister(key.fileobj)
     conn.send(("open", len(answered), failed))
-    what = conn.recv()
-    if what == "expire":
-        for s in socks:
-            if s.fileno() in answered:
-                sel.register(s, selectors.EVENT_READ)
-        wait_until = time.monotonic() + deadline_s
+    if wait_s > 0:
+        wait_until = (max(answered.values()) if answered else time.monotonic()) + wait_s
         while len(fin) < len(answered) and time.monotonic() < wait_until:
-            for key, _ in sel.select(max(0.0, wait_until - time.monotonic())):
-                s = key.fileobj
-                try:
-                    data = s.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    fin[s.fileno()] = time.monotonic()
-                    sel.unregister(s)
+            handle(sel.select(max(0.0, wait_until - time.monotonic())))
+    else:
+        conn.recv()  # "close"
     result = [(answered[fd], fin.get(fd)) for fd in answered]
     for s in socks:
         s.close()
@@ -308,7 +317,7 @@ def run_phase(server, args, phase: str) -> dict:
         time.sleep(0.5)
         base = rss_kib(server.pids())
         per = [min(args.per_client, args.connections - i) for i in range(0, args.connections, args.per_client)]
-        wait = args.timeout + LATE_GRACE if phase == "expire" else 60.0
+        wait = args.timeout + LATE_GRACE if phase == "expire" else 0.0
         pipes, procs = [], []
         for k, n in enumerate(per):
             a, b = multiprocessing.Pipe()
@@ -334,9 +343,6 @@ def run_phase(server, args, phase: str) -> dict:
             out["idle_cpu"] = cpu_seconds(server.pids()) - c0
             for a in pipes:
                 a.send("close")
-        else:
-            for a in pipes:
-                a.send("expire")
         late: List[float] = []
         never = 0
         for a in pipes:

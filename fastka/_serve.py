@@ -50,6 +50,11 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import _compat
+
+try:
+    import httptools
+except ImportError:  # run() says what to install
+    httptools = None
 from ._manager_py import MAX_TIMEOUT
 from ._types import Event
 
@@ -137,9 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
+    if httptools is None:
         print(f"fastka serve: error: {EXTRA_HINT}", file=sys.stderr)
         return 2
     try:
@@ -509,6 +512,7 @@ class Server:
         self._accept_failures = 0  # accept() failures not yet logged
         self._accept_logged = -LOG_PERIOD  # monotonic time of the last such log line
         self._date = (0, "")
+        self._head_cache: Dict[Tuple[Any, ...], Tuple[bytes, bytes]] = {}
         self._published = 0.0
         self._publish(time.monotonic())
 
@@ -600,11 +604,13 @@ class Server:
 
     # -- HTTP -----------------------------------------------------------------------------
 
-    def _date_header(self) -> str:
+    def _heads(self) -> Dict[Tuple[Any, ...], Tuple[bytes, bytes]]:
+        """Response heads of the current second (their Date), by what else shapes them."""
         now = int(time.time())
         if self._date[0] != now:
             self._date = (now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)))
-        return self._date[1]
+            self._head_cache = {}
+        return self._head_cache
 
     def _send(self, c: Conn, data: bytes) -> None:
         """Queue ``data`` for ``c`` (sent by _flush)."""
@@ -615,13 +621,19 @@ class Server:
 
     def _respond(self, c: Conn, status: str, body: bytes, *, head: bool, keep: bool,
                  ctype: str = "text/plain; charset=utf-8", extra: str = "") -> None:
-        if keep:
-            conn = f"Connection: keep-alive\r\nKeep-Alive: timeout={self._ka_timeout}, max={self.max_requests - c.served}\r\n"
-        else:
-            conn = "Connection: close\r\n"
-        head_text = (f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nDate: {self._date_header()}\r\n"
-                     f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}{conn}\r\n")
-        self._send(c, head_text.encode("latin-1") if head else head_text.encode("latin-1") + body)
+        key = (status, ctype, len(body), extra, keep)
+        heads = self._heads()
+        parts = heads.get(key)
+        if parts is None:  # the text before and after the one figure that varies (max=)
+            text = (f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nDate: {self._date[1]}\r\n"
+                    f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}")
+            if keep:
+                text += f"Connection: keep-alive\r\nKeep-Alive: timeout={self._ka_timeout}, max="
+            else:
+                text += "Connection: close"
+            parts = heads[key] = (text.encode("latin-1"), b"\r\n\r\n")
+        left = b"%d" % (self.max_requests - c.served) if keep else b""
+        self._send(c, parts[0] + left + parts[1] if head else parts[0] + left + parts[1] + body)
 
     def _answer(self, c: Conn, done: List[Tuple[Any, ...]]) -> None:
         """Answer the complete requests parsed by the last feed, in order."""
@@ -659,8 +671,6 @@ class Server:
         c.closing = reason
 
     def _on_readable(self, c: Conn) -> None:
-        import httptools
-
         try:
             data = c.sock.recv(RECV_SIZE)
         except BlockingIOError:
@@ -679,8 +689,6 @@ class Server:
             return
         if c.closing:
             return  # answered its last request: ignore what follows
-        if not c.timed:  # the first byte of a request starts its clock
-            self._start_clock(c, time.monotonic())
         p = c.parser
         if p is None:
             p = c.parser = self._parsers.pop() if self._parsers else httptools.HttpRequestParser(self._parse)
@@ -722,6 +730,8 @@ class Server:
             if len(self._parsers) < PARSER_POOL:
                 self._parsers.append(p)
         c.partial = c.in_msg or not done
+        if c.partial and not c.timed:  # a read that leaves a request unfinished starts its clock
+            self._start_clock(c, time.monotonic())
         self._flush(c)
 
     def _flush(self, c: Conn) -> None:
