@@ -60,6 +60,7 @@ from ._types import Event
 
 ACCEPT_PAUSE = 0.1  # seconds accept() rests after running out of file descriptors
 LOG_PERIOD = 10.0  # seconds between two log lines about the same accept() failure
+PUBLISH_PERIOD = 1.0  # seconds: how stale another worker's figures in /status may be
 LINGER = 2.0  # seconds a closing connection may take to send its FIN after ours
 RECV_SIZE = 16384  # bytes read at once: bounds the responses one read can produce
 OUT_HIGH = 65536  # bytes of unsent output above which a connection is not read
@@ -188,8 +189,9 @@ def run(args: argparse.Namespace) -> int:
 class Stats:
     """One row of counters per worker in anonymous shared memory (created before fork).
 
-    A worker writes its own row (at most once a second, and before answering /status);
-    /status reads every row, so the other workers' figures are at most a second old.
+    A worker writes its own row (at most once per PUBLISH_PERIOD when it changed, and before
+    answering /status); /status reads every row, so the other workers' figures are at most
+    PUBLISH_PERIOD old.
     """
 
     FIELDS = ("pid", "open_connections", "accepted", "requests", "restarts")
@@ -518,8 +520,13 @@ class Server:
 
     # -- bookkeeping ----------------------------------------------------------------------
 
+    def _figures(self) -> Tuple[int, int, int]:
+        return len(self.conns), self.accepted, self.requests
+
     def _publish(self, now: float) -> None:
+        """Write this worker's row of the shared figures (an idle worker need not wake for it)."""
         self._published = now
+        self._published_figures = self._figures()
         self.stats.write(self.worker, pid=os.getpid(), open_connections=len(self.conns),
                          accepted=self.accepted, requests=self.requests)
 
@@ -825,12 +832,12 @@ class Server:
             self._accept_paused = None
             if not self.stopping:
                 self.sel.register(self.listener, selectors.EVENT_READ, "accept")
-        if now - self._published >= 1.0:
+        if now - self._published >= PUBLISH_PERIOD and self._figures() != self._published_figures:
             self._publish(now)
 
     def _timeout(self) -> Optional[float]:
         now = time.monotonic()
-        candidates = [self._published + 1.0 - now]
+        candidates = [self._published + PUBLISH_PERIOD - now] if self._figures() != self._published_figures else []
         d = self.mgr.next_deadline()
         if d is not None:
             candidates.append(d)
@@ -842,7 +849,7 @@ class Server:
             candidates.append(self._accept_paused - now)
         if self.stopping:
             candidates.append(0.1)
-        return max(0.0, min(candidates))
+        return max(0.0, min(candidates)) if candidates else None
 
     def stop(self) -> None:
         """Stop accepting; connections without output in flight get a FIN now."""
