@@ -73,6 +73,7 @@ BODY = b"Hello from fastka\n"
 SERVER = "fastka"
 EXTRA_HINT = "fastka serve needs httptools: pip install 'fastka[serve]'"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+TEXT = "text/plain; charset=utf-8"
 
 
 # -- command line -------------------------------------------------------------------------
@@ -367,6 +368,17 @@ class Supervisor:
 # -- the server ---------------------------------------------------------------------------
 
 
+def _plain_answerer(backend: Any) -> Any:
+    """The compiled hot path (fastka._serve_c.answer) with the "c" backend, else None."""
+    if backend.name != "c":
+        return None
+    try:
+        from ._serve_c import answer
+    except ImportError:  # built before the hot path existed: the general path serves alone
+        return None
+    return answer
+
+
 class _TooLarge(Exception):
     """Raised from a parser callback when the request head exceeds --max-header-size."""
 
@@ -504,9 +516,11 @@ class Server:
         # keepalive_timeout, so insertion order is deadline order; the value is the deadline.
         self._clock: "OrderedDict[Conn, float]" = OrderedDict()
         self._parse = _Parse(self)
+        self._plain = _plain_answerer(backend)
         self._parsers: List[Any] = []
         self.unsent = 0  # bytes of output not yet sent, all connections
         self.requests = 0
+        self.plain_requests = 0  # of which answered by the compiled hot path
         self.accepted = 0
         self.closes: Dict[str, int] = {}
         self.stopping = False
@@ -539,6 +553,7 @@ class Server:
             "open_connections": len(self.conns),
             "accepted": self.accepted,
             "requests": self.requests,
+            "hot_path_requests": self.plain_requests,
             "closes": dict(sorted(self.closes.items())),
             "request_clocks": len(self._clock),
             "unsent_bytes": self.unsent,
@@ -626,21 +641,44 @@ class Server:
         c.out += data
         self.unsent += len(data)
 
-    def _respond(self, c: Conn, status: str, body: bytes, *, head: bool, keep: bool,
-                 ctype: str = "text/plain; charset=utf-8", extra: str = "") -> None:
-        key = (status, ctype, len(body), extra, keep)
+    def _parts(self, status: str, ctype: str, length: int, extra: str, keep: bool) -> Tuple[bytes, bytes]:
+        """A response head of this second, as the text before and after the one figure that
+        varies (the Keep-Alive ``max=``; nothing for a closing answer)."""
+        key = (status, ctype, length, extra, keep)
         heads = self._heads()
         parts = heads.get(key)
-        if parts is None:  # the text before and after the one figure that varies (max=)
+        if parts is None:
             text = (f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nDate: {self._date[1]}\r\n"
-                    f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}")
+                    f"Content-Type: {ctype}\r\nContent-Length: {length}\r\n{extra}")
             if keep:
                 text += f"Connection: keep-alive\r\nKeep-Alive: timeout={self._ka_timeout}, max="
             else:
                 text += "Connection: close"
             parts = heads[key] = (text.encode("latin-1"), b"\r\n\r\n")
+        return parts
+
+    def _respond(self, c: Conn, status: str, body: bytes, *, head: bool, keep: bool,
+                 ctype: str = TEXT, extra: str = "") -> None:
+        before, after = self._parts(status, ctype, len(body), extra, keep)
         left = b"%d" % (self.max_requests - c.served) if keep else b""
-        self._send(c, parts[0] + left + parts[1] if head else parts[0] + left + parts[1] + body)
+        self._send(c, before + left + after if head else before + left + after + body)
+
+    def _answer_plain(self, c: Conn, data: bytes) -> bool:
+        """The hot path (compiled): answer a read of nothing but plain GET/HEAD requests in
+        C, as _answer would; False (nothing done) for anything else."""
+        before, after = self._parts("200 OK", TEXT, len(BODY), "", True)
+        got = self._plain(data, self.max_header_size, self.max_requests - c.served - 1, before, after, BODY)
+        if got is None:
+            return False
+        n, out = got
+        c.served += n
+        self.requests += n
+        self.plain_requests += n
+        self._send(c, out)
+        self.mgr.touch(c)  # a complete request restarts the idle clock
+        c.partial = False
+        self._flush(c)
+        return True
 
     def _answer(self, c: Conn, done: List[Tuple[Any, ...]]) -> None:
         """Answer the complete requests parsed by the last feed, in order."""
@@ -696,6 +734,8 @@ class Server:
             return
         if c.closing:
             return  # answered its last request: ignore what follows
+        if self._plain is not None and c.parser is None and not c.timed and self._answer_plain(c, data):
+            return
         p = c.parser
         if p is None:
             p = c.parser = self._parsers.pop() if self._parsers else httptools.HttpRequestParser(self._parse)

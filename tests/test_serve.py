@@ -6,7 +6,7 @@ their test with the reason (CI installs curl, wrk and apache2-utils).
 from __future__ import annotations
 
 import http.client
-import importlib
+import importlib.util
 import json
 import os
 import re
@@ -636,3 +636,85 @@ def test_workers_stop_gracefully_on_sigterm(serve):
             c.close()
     assert not any(os.path.exists(f"/proc/{p}/status") and "zombie" not in open(f"/proc/{p}/status").read() for p in pids)
     assert "stopped after 8 requests" in s.stop()
+
+
+# -- the compiled hot path (plain GET/HEAD answered in C) ---------------------------------------
+
+PLAIN_READS = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"HEAD /a?b=c&d=%20 HTTP/1.1\r\nHost: x\r\nUser-Agent: t\tab\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n" * 3,
+    b"GET /" + b"a" * 150 + b" HTTP/1.1\r\nX-Pad: " + b"b" * 130 + b"\r\n\r\n",  # 151 + 5 + 130 + 4 = 290 <= 300
+    b"GET /" + b"a" * 150 + b" HTTP/1.1\r\nX-Pad: " + b"b" * 141 + b"\r\n\r\n",  # 301 > 300: 431 both ways
+    b"GET /statusx HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Trail: v \r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+]
+
+
+def _without_date(data: bytes) -> bytes:
+    return re.sub(rb"Date: [^\r]*\r\n", b"", data)
+
+
+def test_hot_path_answers_as_the_general_path():
+    """The same reads give the same bytes (apart from Date) with the compiled hot path
+    (backend c) and without it (backend python); the hot path did answer some."""
+    if importlib.util.find_spec("fastka._serve_c") is None or importlib.util.find_spec("fastka._manager_c") is None:
+        pytest.skip("the compiled backend is not built")
+    got = {}
+    for backend in ("c", "python"):
+        s = Server(backend, "--max-header-size", "300", "--max-requests", "7")
+        try:
+            answers = []
+            with s.connect() as c:
+                for data in PLAIN_READS[:4]:
+                    c.sendall(data)
+                    want = data.count(b"HTTP/1.1\r\n")
+                    buf = b""
+                    while buf.count(b"HTTP/1.1 ") < want or not (buf.endswith(b"\r\n\r\n") or buf.endswith(b"fastka\n")):
+                        buf += c.recv(65536)
+                    answers.append(_without_date(buf))
+                c.sendall(PLAIN_READS[2])  # requests 7..9 of at most 7: the 7th closes
+                answers.append(_without_date(read_until_eof(c)))
+            for data in PLAIN_READS[4:]:
+                with s.connect() as c:
+                    c.sendall(data + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    answers.append(_without_date(read_until_eof(c)))
+            hot = s.status()["hot_path_requests"]
+        finally:
+            s.stop()
+        got[backend] = (answers, hot)
+    assert got["c"][0] == got["python"][0]
+    assert got["python"][1] == 0 and got["c"][1] >= 6
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nHost: x\r\n",  # incomplete
+    b"get / HTTP/1.1\r\n\r\n", b"POST / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n", b"GET /\r\n\r\n",
+    b"GET * HTTP/1.1\r\n\r\n", b"GET http://x/ HTTP/1.1\r\n\r\n", b"GET /a\"b HTTP/1.1\r\n\r\n",
+    b"GET /status HTTP/1.1\r\n\r\n", b"GET /status?x HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: x\n\n", b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", b"GET / HTTP/1.1\r\nX: \xe9\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", b"GET / HTTP/1.1\r\nUPGRADE: h2c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", b"\r\nGET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n",  # a complete request, then a partial one
+    b"GET / HTTP/1.1\r\nX: v\t\r\n\r\n",
+])
+def test_hot_path_leaves_everything_else_to_the_general_parser(data):
+    serve_c = pytest.importorskip("fastka._serve_c", reason="the compiled hot path is not built")
+    assert serve_c.answer(data, 8192, 100, b"H", b"T", b"B") is None
+
+
+def test_hot_path_limits():
+    serve_c = pytest.importorskip("fastka._serve_c", reason="the compiled hot path is not built")
+    one = b"GET /ab HTTP/1.1\r\nHost: x\r\n\r\n"  # head: 3 + (4 + 1 + 4) = 12 bytes
+    assert serve_c.answer(one, 12, 5, b"H", b"T", b"B") == (1, b"H5TB")
+    assert serve_c.answer(one, 11, 5, b"H", b"T", b"B") is None
+    assert serve_c.answer(b"HEAD / HTTP/1.1\r\n\r\n" + one, 100, 10, b"H", b"T", b"B") == (2, b"H10TH9TB")
+    assert serve_c.answer(one * 3, 100, 3, b"H", b"T", b"") == (3, b"H3TH2TH1T")
+    assert serve_c.answer(one * 3, 100, 2, b"H", b"T", b"") is None  # the 3rd would be max=0: closing
+    assert serve_c.answer(one, 100, 0, b"H", b"T", b"") is None
+    assert serve_c.answer(b"GET / HTTP/1.1\r\n\r\n" * 513, 100, 10**6, b"", b"", b"") is None  # over one batch
+    assert serve_c.answer(b"", 100, 5, b"H", b"T", b"B") is None
