@@ -674,9 +674,20 @@ class Server:
         c.served += n
         self.requests += n
         self.plain_requests += n
-        self._send(c, out)
         self.mgr.touch(c)  # a complete request restarts the idle clock
         c.partial = False
+        if c.out is None:  # nothing queued before: send the answers straight away
+            try:
+                sent = c.sock.send(out)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._drop(c, Event.RESET.name)
+                return True
+            if sent == len(out):
+                return True
+            out = out[sent:]
+        self._send(c, out)
         self._flush(c)
         return True
 
