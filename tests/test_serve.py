@@ -364,6 +364,7 @@ def rss_kib(pid: int) -> int:
 
 
 REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+SANITIZER = bool(os.environ.get("FASTKA_SANITIZER"))  # set by tools/sanitize
 OK = b"HTTP/1.1 200 OK"
 
 
@@ -397,7 +398,8 @@ def test_pipelining_costs_no_timer_per_request(serve):
         round_trip(36)
         grown = rss_kib(s.proc.pid) - before
         st = s.status()
-    assert grown < 1024, f"server RSS grew by {grown} KiB over 36,000 requests"
+    if not SANITIZER:  # ASan's quarantine keeps freed blocks: RSS grows under it
+        assert grown < 1024, f"server RSS grew by {grown} KiB over 36,000 requests"
     assert st["requests"] >= 40000
     assert st["request_clocks"] <= 2  # at most one per connection (this one, the status query)
 
@@ -426,7 +428,8 @@ def test_client_that_never_reads_is_not_read(serve):
                 time.sleep(0.01)
         peak = rss_kib(s.proc.pid) - base
         assert sent < len(flood), "the server read everything the client sent"
-        assert peak < 8 * 1024, f"server RSS grew by {peak} KiB while the client did not read"
+        if not SANITIZER:
+            assert peak < 8 * 1024, f"server RSS grew by {peak} KiB while the client did not read"
         st = s.status()
         assert 0 < st["unsent_bytes"] < 1024 * 1024, st
         # drain: every request sent so far is answered, in order, once the client reads
