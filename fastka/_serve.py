@@ -26,6 +26,9 @@ parsed by httptools (the ``serve`` extra); keep-alive follows RFC 9112 section 9
   OUT_HIGH plus the responses to one read.
 - An idle connection holds its socket, its manager slot and a small object; the parser is
   taken from a pool when bytes arrive and given back when no request is in progress.
+- With the "c" backend, a read that holds nothing but plain GET/HEAD requests (see
+  src/http_simple.h) is answered in C (fastka._serve_c); everything else goes through
+  httptools. Both give the same bytes.
 - The server closes with ``shutdown(SHUT_WR)`` and reads what the client still sends until
   its FIN (at most LINGER seconds), so that a response is never lost to a reset.
 - SIGINT/SIGTERM: stop accepting, finish responses in flight, close the rest with a FIN.
