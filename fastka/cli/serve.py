@@ -52,14 +52,15 @@ import traceback
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import _compat
+from .. import _compat
 
 try:
     import httptools
 except ImportError:  # run() says what to install
     httptools = None
-from ._manager_py import MAX_TIMEOUT
-from ._types import Event
+from .._manager_py import MAX_TIMEOUT
+from .._types import Event
+from ._args import integer, seconds
 
 ACCEPT_PAUSE = 0.1  # seconds accept() rests after running out of file descriptors
 LOG_PERIOD = 10.0  # seconds between two log lines about the same accept() failure
@@ -82,24 +83,6 @@ TEXT = "text/plain; charset=utf-8"
 # -- command line -------------------------------------------------------------------------
 
 
-def _in_range(kind: type, low: float, high: float = float("inf"), unit: str = ""):
-    """An argparse type: a finite ``kind`` (int or float) in ``low..high``."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if not (low <= value <= high):  # also rejects NaN and infinity (high is finite or the check below)
-            allowed = f">= {low:g}{unit}" if high == float("inf") else f"{low:g}..{high:g}{unit}"
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed: {allowed}")
-        if value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed: a finite number")
-        return value
-
-    return parse
-
-
 def _tcp_keepalive(text: str) -> Tuple[Optional[int], Optional[int], Optional[int]]:
     """IDLE:INTVL:CNT as nginx ``so_keepalive=`` (an empty part keeps the kernel's value)."""
     parts = text.split(":")
@@ -114,7 +97,7 @@ def _tcp_keepalive(text: str) -> Tuple[Optional[int], Optional[int], Optional[in
             values.append(int(part))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: {name} {part!r} is not an integer") from None
-    from ._config import KeepaliveConfig
+    from .._config import KeepaliveConfig
 
     idle, intvl, cnt = values
     try:  # the library's own validation names the field, the value and the range
@@ -129,18 +112,18 @@ def _tcp_keepalive(text: str) -> Tuple[Optional[int], Optional[int], Optional[in
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=_in_range(int, 0, 65535), default=8080,
+    parser.add_argument("--port", type=integer(0, 65535), default=8080,
                         help="TCP port (default 8080; 0 picks a free one, printed on stdout)")
-    parser.add_argument("--keepalive-timeout", type=_in_range(float, 0.001, MAX_TIMEOUT, " seconds"), default=5.0,
+    parser.add_argument("--keepalive-timeout", type=seconds(0.001, MAX_TIMEOUT), default=5.0,
                         metavar="SECONDS", help="close idle connections (with a FIN), and drop requests not complete"
                         " (or output not progressing) after this long (default 5)")
-    parser.add_argument("--max-requests", type=_in_range(int, 1, 2**31 - 1), default=1000,
+    parser.add_argument("--max-requests", type=integer(1, 2**31 - 1), default=1000,
                         metavar="N", help="requests per connection; the last one is answered with Connection: close (default 1000)")
-    parser.add_argument("--max-header-size", type=_in_range(int, 256, 2**31 - 1, " bytes"), default=8192,
+    parser.add_argument("--max-header-size", type=integer(256, 2**31 - 1, " bytes"), default=8192,
                         metavar="BYTES", help="request target plus header lines larger than this get 431 (default 8192)")
     parser.add_argument("--tcp-keepalive", type=_tcp_keepalive, metavar="IDLE:INTVL:CNT",
                         help="TCP keepalive on the listener, inherited by every connection, as nginx so_keepalive= (seconds:seconds:count)")
-    parser.add_argument("--workers", type=_in_range(int, 1, MAX_WORKERS), default=1, metavar="N",
+    parser.add_argument("--workers", type=integer(1, MAX_WORKERS), default=1, metavar="N",
                         help=f"worker processes sharing the port with SO_REUSEPORT, each with its own manager (default 1, at most {MAX_WORKERS})")
     parser.add_argument("--backend", choices=_compat.NAMES,
                         help="fastka backend (default: the one this process uses)")
@@ -376,7 +359,7 @@ def _plain_answerer(backend: Any) -> Any:
     if backend.name != "c":
         return None
     try:
-        from ._serve_c import answer
+        from .._serve_c import answer
     except ImportError:  # built before the hot path existed: the general path serves alone
         return None
     return answer
