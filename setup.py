@@ -16,6 +16,8 @@ from setuptools.command.build_ext import build_ext
 EXTENSIONS = {
     "fastka._keepalive_c": ["fastka/_keepalive_c.pyx", "src/keepalive.c", "src/liveness.c", "src/uring.c"],
 }
+# The keep-alive hot path of `fastka serve` (plain GET/HEAD requests answered in C).
+EXTENSIONS["fastka._serve_c"] = ["fastka/_serve_c.pyx", "src/http_simple.c"]
 if sys.platform.startswith("linux"):
     EXTENSIONS["fastka._manager_c"] = [
         "fastka/_manager_c.pyx",

@@ -6,7 +6,7 @@ their test with the reason (CI installs curl, wrk and apache2-utils).
 from __future__ import annotations
 
 import http.client
-import importlib
+import importlib.util
 import json
 import os
 import re
@@ -25,6 +25,8 @@ pytest.importorskip("httptools", reason="fastka serve needs the serve extra (htt
 
 class Server:
     def __init__(self, backend: str, *flags: str) -> None:
+        self.out: "str | None" = None
+        self.err = ""
         cmd = [sys.executable, "-m", "fastka.cli", "serve", "--port", "0", "--backend", backend, *flags]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
@@ -47,14 +49,17 @@ class Server:
             conn.close()
 
     def stop(self) -> str:
+        """SIGTERM, wait; returns stdout (stderr is kept in ``.err``)."""
+        if self.out is not None:
+            return self.out
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=15)
+            self.out, self.err = self.proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return out
+            self.out, self.err = self.proc.communicate()
+        return self.out
 
 
 @pytest.fixture(params=("c", "python"))
@@ -348,3 +353,371 @@ def test_out_of_fds_pauses_accept_and_recovers(serve):
     time.sleep(0.3)
     st = s.status()
     assert st["requests"] == 1 and st["accepted"] >= 2
+
+
+# -- issue 13: hostile use (each test failed on the server before the fix) -----------------
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+
+
+REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+SANITIZER = bool(os.environ.get("FASTKA_SANITIZER"))  # set by tools/sanitize
+OK = b"HTTP/1.1 200 OK"
+
+
+def read_responses(c: socket.socket, want: int) -> int:
+    """Read until ``want`` 200 responses arrived (or EOF); returns how many did."""
+    got, tail = 0, b""
+    while got < want:
+        chunk = c.recv(1 << 20)
+        if not chunk:
+            break
+        data = tail + chunk
+        got += data.count(OK)
+        tail = data[-(len(OK) - 1):]
+    return got
+
+
+def test_pipelining_costs_no_timer_per_request(serve):
+    """Timers are O(connections): 40,000 pipelined requests on one connection with a long
+    keep-alive timeout leave the server's memory where the first 4,000 put it."""
+    s = serve("--keepalive-timeout", "60", "--max-requests", "1000000")
+    batch = REQ * 1000
+    with s.connect() as c:
+
+        def round_trip(batches: int) -> None:
+            for _ in range(batches):
+                c.sendall(batch)
+                assert read_responses(c, 1000) == 1000
+
+        round_trip(4)
+        before = rss_kib(s.proc.pid)
+        round_trip(36)
+        grown = rss_kib(s.proc.pid) - before
+        st = s.status()
+    if not SANITIZER:  # ASan's quarantine keeps freed blocks: RSS grows under it
+        assert grown < 1024, f"server RSS grew by {grown} KiB over 36,000 requests"
+    assert st["requests"] >= 40000
+    assert st["request_clocks"] <= 2  # at most one per connection (this one, the status query)
+
+
+def test_client_that_never_reads_is_not_read(serve):
+    """Output backpressure: a client that pipelines and never reads stops being read once
+    its unsent output passes the bound; memory stays flat, reading resumes as it drains,
+    and memory comes back after the connection closes."""
+    s = serve("--keepalive-timeout", "30", "--max-requests", "1000000")
+    base = rss_kib(s.proc.pid)
+    c = s.connect()
+    try:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.setblocking(False)
+        flood = memoryview(REQ * (8 * 1024 * 1024 // len(REQ)))
+        sent, stuck_since = 0, None
+        deadline = time.monotonic() + 10
+        while sent < len(flood) and time.monotonic() < deadline:
+            try:
+                sent += c.send(flood[sent:sent + 65536])
+                stuck_since = None
+            except BlockingIOError:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > 1.0:
+                    break  # the server stopped reading
+                time.sleep(0.01)
+        peak = rss_kib(s.proc.pid) - base
+        assert sent < len(flood), "the server read everything the client sent"
+        if not SANITIZER:
+            assert peak < 8 * 1024, f"server RSS grew by {peak} KiB while the client did not read"
+        st = s.status()
+        assert 0 < st["unsent_bytes"] < 1024 * 1024, st
+        # drain: every request sent so far is answered, in order, once the client reads
+        c.setblocking(True)
+        c.settimeout(10)
+        c.shutdown(socket.SHUT_WR)
+        want = sent // len(REQ)
+        assert read_responses(c, want + 1) == want  # then the server's FIN
+    finally:
+        c.close()
+    time.sleep(0.3)
+    st = s.status()
+    assert st["unsent_bytes"] == 0 and st["open_connections"] == 1, st
+
+
+def test_bytes_that_never_make_a_request_do_not_keep_a_connection(serve):
+    """A CRLF every 0.3 s starts the request clock; only a complete request would stop it."""
+    s = serve("--keepalive-timeout", "1")
+    with s.connect() as c:
+        c.sendall(REQ)
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        c.settimeout(0.3)
+        t0 = time.monotonic()
+        eof_at = None
+        while time.monotonic() - t0 < 4:
+            try:
+                c.sendall(b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                eof_at = time.monotonic() - t0
+                break
+            try:
+                if c.recv(4096) == b"":
+                    eof_at = time.monotonic() - t0
+                    break
+            except socket.timeout:
+                pass
+    assert eof_at is not None and eof_at < 1.8, eof_at
+    assert s.status()["closes"].get("request_timeout") == 1
+
+
+def test_a_complete_request_after_crlf_is_served(serve):
+    s = serve()
+    with s.connect() as c:
+        c.sendall(b"\r\n" + REQ)
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        c.sendall(REQ)
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def _send_bytewise(c: socket.socket, data: bytes) -> None:
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(len(data)):
+        c.sendall(data[i:i + 1])
+        if i % 8 == 0:
+            time.sleep(0.0005)
+
+
+@pytest.mark.parametrize("size, limit, status", [(501, None, b"200"), (300, 300, b"200"), (301, 300, b"431")])
+def test_header_size_counts_bytes_not_fragments(serve, size, limit, status):
+    """The same request gets the same answer whole or one byte at a time."""
+    s = serve(*(["--max-header-size", str(limit)] if limit else []))
+    url = b"/" + b"a" * (size - 1)
+    req = b"GET " + url + b" HTTP/1.1\r\n\r\n"
+    for whole in (True, False):
+        with s.connect() as c:
+            if whole:
+                c.sendall(req)
+            else:
+                _send_bytewise(c, req)
+            got = c.recv(4096)
+        assert got.startswith(b"HTTP/1.1 " + status), (whole, got[:40])
+
+
+def test_unfinished_header_line_is_bounded(serve):
+    """A header line that never ends is cut off at --max-header-size plus one read: 431."""
+    s = serve()
+    with s.connect() as c:
+        c.sendall(b"GET / HTTP/1.1\r\nX-Long: ")
+        try:
+            c.sendall(b"a" * 200_000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = read_until_eof(c)
+    assert data.startswith(b"HTTP/1.1 431 ")
+
+
+def test_expect_100_continue(serve):
+    s = serve()
+    with s.connect() as c:
+        c.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        assert c.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        c.sendall(b"hello")
+        assert c.recv(4096).startswith(b"HTTP/1.1 405 ")
+    with s.connect() as c:  # HTTP/1.0 clients never get a 1xx
+        c.sendall(b"POST /x HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello")
+        assert read_until_eof(c).startswith(b"HTTP/1.1 405 ")
+
+
+@pytest.mark.parametrize("request_line", [b"GET /\r\n\r\n", b"GET / HTTP/0.9\r\n\r\n", b"GET / HTTP/2.0\r\n\r\n"])
+def test_no_http1_version_is_400_and_closed(serve, request_line):
+    s = serve()
+    with s.connect() as c:
+        c.sendall(request_line)
+        data = read_until_eof(c)
+    assert data.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in data
+    assert s.status()["closes"].get("bad_request") == 1
+
+
+def test_out_of_fds_logs_once_per_period(serve):
+    prlimit = need("prlimit")
+    s = serve()
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
+    extra = [s.connect() for _ in range(30)]
+    try:
+        time.sleep(2.0)
+    finally:
+        for c in extra:
+            c.close()
+    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
+    s.stop()
+    lines = [line for line in s.err.splitlines() if "accept" in line]
+    assert len(lines) == 1, lines
+    assert "Too many open files" in lines[0] and "connections open" in lines[0]
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--keepalive-timeout", "2e9"), ("--keepalive-timeout", "nan"), ("--keepalive-timeout", "inf"),
+    ("--keepalive-timeout", "0"), ("--keepalive-timeout", "x"), ("--max-requests", "0"),
+    ("--max-requests", "1e3"), ("--max-requests", "99999999999999999999"), ("--max-header-size", "10"),
+    ("--port", "70000"), ("--port", "-1"), ("--workers", "0"), ("--workers", "100000"), ("--workers", "two"),
+])
+def test_bad_numeric_option_is_an_argparse_error(flag, value):
+    r = subprocess.run([sys.executable, "-m", "fastka.cli", "serve", flag, value],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"fastka serve: error: argument {flag}:") and value in err, r.stderr
+
+
+# -- issue 16: --workers ----------------------------------------------------------------------
+
+
+def worker_rows(s: Server) -> list:
+    time.sleep(1.1)  # other workers publish their figures once a second
+    return s.status()["workers"]
+
+
+def children(pid: int) -> set:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def test_workers_share_the_port_and_status_lists_each(serve):
+    s = serve("--workers", "2")
+    conns = [s.connect() for _ in range(24)]
+    try:
+        for c in conns:
+            c.sendall(REQ)
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        rows = worker_rows(s)
+    finally:
+        for c in conns:
+            c.close()
+    assert [r["worker"] for r in rows] == [0, 1]
+    assert {r["pid"] for r in rows} == children(s.proc.pid)
+    assert all(r["accepted"] > 0 for r in rows), rows  # SO_REUSEPORT spreads 24 connections
+    assert sum(r["requests"] for r in rows) == 24 + 1  # and the status query itself
+
+
+def test_crashed_worker_is_restarted(serve):
+    s = serve("--workers", "2")
+    rows = worker_rows(s)
+    victim = rows[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rows = worker_rows(s)
+        if rows[0]["pid"] != victim and rows[0]["pid"] in children(s.proc.pid):
+            break
+    assert rows[0]["pid"] != victim and rows[0]["restarts"] == 1 and rows[1]["restarts"] == 0, rows
+    with s.connect() as c:
+        c.sendall(REQ)
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+    s.stop()
+    assert "worker 0" in s.err and "signal 9" in s.err
+
+
+def test_workers_stop_gracefully_on_sigterm(serve):
+    s = serve("--workers", "2")
+    conns = [s.connect() for _ in range(16)]
+    try:
+        for c in conns[:8]:
+            c.sendall(REQ)
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        pids = children(s.proc.pid)
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        for c in conns:
+            assert c.recv(4096) == b""  # a FIN from whichever worker held it
+        assert s.proc.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        for c in conns:
+            c.close()
+    assert not any(os.path.exists(f"/proc/{p}/status") and "zombie" not in open(f"/proc/{p}/status").read() for p in pids)
+    assert "stopped after 8 requests" in s.stop()
+
+
+# -- the compiled hot path (plain GET/HEAD answered in C) ---------------------------------------
+
+PLAIN_READS = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"HEAD /a?b=c&d=%20 HTTP/1.1\r\nHost: x\r\nUser-Agent: t\tab\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n" * 3,
+    b"GET /" + b"a" * 150 + b" HTTP/1.1\r\nX-Pad: " + b"b" * 130 + b"\r\n\r\n",  # 151 + 5 + 130 + 4 = 290 <= 300
+    b"GET /" + b"a" * 150 + b" HTTP/1.1\r\nX-Pad: " + b"b" * 141 + b"\r\n\r\n",  # 301 > 300: 431 both ways
+    b"GET /statusx HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Trail: v \r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+]
+
+
+def _without_date(data: bytes) -> bytes:
+    return re.sub(rb"Date: [^\r]*\r\n", b"", data)
+
+
+def test_hot_path_answers_as_the_general_path():
+    """The same reads give the same bytes (apart from Date) with the compiled hot path
+    (backend c) and without it (backend python); the hot path did answer some."""
+    if importlib.util.find_spec("fastka._serve_c") is None or importlib.util.find_spec("fastka._manager_c") is None:
+        pytest.skip("the compiled backend is not built")
+    got = {}
+    for backend in ("c", "python"):
+        s = Server(backend, "--max-header-size", "300", "--max-requests", "7")
+        try:
+            answers = []
+            with s.connect() as c:
+                for data in PLAIN_READS[:4]:
+                    c.sendall(data)
+                    want = data.count(b"HTTP/1.1\r\n")
+                    buf = b""
+                    while buf.count(b"HTTP/1.1 ") < want or not (buf.endswith(b"\r\n\r\n") or buf.endswith(b"fastka\n")):
+                        buf += c.recv(65536)
+                    answers.append(_without_date(buf))
+                c.sendall(PLAIN_READS[2])  # requests 7..9 of at most 7: the 7th closes
+                answers.append(_without_date(read_until_eof(c)))
+            for data in PLAIN_READS[4:]:
+                with s.connect() as c:
+                    c.sendall(data + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    answers.append(_without_date(read_until_eof(c)))
+            hot = s.status()["hot_path_requests"]
+        finally:
+            s.stop()
+        got[backend] = (answers, hot)
+    assert got["c"][0] == got["python"][0]
+    assert got["python"][1] == 0 and got["c"][1] >= 6
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nHost: x\r\n",  # incomplete
+    b"get / HTTP/1.1\r\n\r\n", b"POST / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n", b"GET /\r\n\r\n",
+    b"GET * HTTP/1.1\r\n\r\n", b"GET http://x/ HTTP/1.1\r\n\r\n", b"GET /a\"b HTTP/1.1\r\n\r\n",
+    b"GET /status HTTP/1.1\r\n\r\n", b"GET /status?x HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: x\n\n", b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", b"GET / HTTP/1.1\r\nX: \xe9\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", b"GET / HTTP/1.1\r\nUPGRADE: h2c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", b"\r\nGET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n",  # a complete request, then a partial one
+    b"GET / HTTP/1.1\r\nX: v\t\r\n\r\n",
+])
+def test_hot_path_leaves_everything_else_to_the_general_parser(data):
+    serve_c = pytest.importorskip("fastka._serve_c", reason="the compiled hot path is not built")
+    assert serve_c.answer(data, 8192, 100, b"H", b"T", b"B") is None
+
+
+def test_hot_path_limits():
+    serve_c = pytest.importorskip("fastka._serve_c", reason="the compiled hot path is not built")
+    one = b"GET /ab HTTP/1.1\r\nHost: x\r\n\r\n"  # head: 3 + (4 + 1 + 4) = 12 bytes
+    assert serve_c.answer(one, 12, 5, b"H", b"T", b"B") == (1, b"H5TB")
+    assert serve_c.answer(one, 11, 5, b"H", b"T", b"B") is None
+    assert serve_c.answer(b"HEAD / HTTP/1.1\r\n\r\n" + one, 100, 10, b"H", b"T", b"B") == (2, b"H10TH9TB")
+    assert serve_c.answer(one * 3, 100, 3, b"H", b"T", b"") == (3, b"H3TH2TH1T")
+    assert serve_c.answer(one * 3, 100, 2, b"H", b"T", b"") is None  # the 3rd would be max=0: closing
+    assert serve_c.answer(one, 100, 0, b"H", b"T", b"") is None
+    assert serve_c.answer(b"GET / HTTP/1.1\r\n\r\n" * 513, 100, 10**6, b"", b"", b"") is None  # over one batch
+    assert serve_c.answer(b"", 100, 5, b"H", b"T", b"B") is None

@@ -18,7 +18,7 @@ from .. import __version__, _compat
 COMMANDS = (
     ("info", "fastka.cli.info", "show the backend, the kernel's keepalive defaults and the open-file limit"),
     ("demo", "fastka.cli.demo", "open thousands of loopback connections and watch the manager sort them"),
-    ("serve", "fastka._serve", "run the HTTP/1.x keep-alive reference server"),
+    ("serve", "fastka.cli.serve", "run the HTTP/1.x keep-alive reference server"),
     ("bench", "fastka.cli.bench", "benchmark both backends against the bare system calls"),
 )
 
