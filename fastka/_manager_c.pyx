@@ -16,7 +16,7 @@ import os
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
 from libc.stdlib cimport free, malloc
 
-from fastka._ckeepalive cimport fk_keepalive, fk_keepalive_apply, fk_keepalive_matches
+from fastka._ckeepalive cimport fk_sockopt, fk_sockopt_apply, fk_sockopt_match
 from fastka._cmanager cimport (
     epoll_event, fk_manager, fk_mgr_add, fk_mgr_classify, fk_mgr_destroy, fk_mgr_drain_wake,
     fk_mgr_draining, fk_mgr_earliest, fk_mgr_has, fk_mgr_init, fk_mgr_next_expired, fk_mgr_now,
@@ -48,7 +48,9 @@ cdef class KeepaliveManager:
     cdef bint _open, _polling, _close
     cdef list _objs
     cdef object _clock, _keepalive
-    cdef fk_keepalive _ka
+    cdef fk_sockopt _ka[5]  # the keepalive config's plan: SO_KEEPALIVE and at most four TCP options
+    cdef size_t _ka_n
+    cdef list _ka_names
     cdef int64_t _wait_until
     cdef epoll_event *_evs
 
@@ -66,11 +68,14 @@ cdef class KeepaliveManager:
         if self._open:
             raise RuntimeError("KeepaliveManager.__init__ called twice")
         self._keepalive = keepalive
-        if keepalive is not None:
-            self._ka.idle = keepalive.idle
-            self._ka.interval = keepalive.interval
-            self._ka.count = keepalive.count
-            self._ka.user_timeout_ms = -1 if keepalive.user_timeout is None else <int>math.ceil(keepalive.user_timeout * 1000)
+        if keepalive is not None:  # the option calls of set_keepalive, from fastka/_platform.py
+            steps = keepalive._plan()
+            if len(steps) > 5:
+                raise RuntimeError(f"a keepalive plan of {len(steps)} options does not fit the manager")
+            self._ka_names = [name for name, _, _, _ in steps]
+            self._ka_n = len(steps)
+            for i, (_, level, number, value) in enumerate(steps):
+                self._ka[i].level, self._ka[i].name, self._ka[i].value = level, number, value
         self._close = bool(close)
         self._clock = None
         self._objs = []
@@ -142,7 +147,7 @@ cdef class KeepaliveManager:
         cannot be watched."""
         cdef int fd = fd_of(sock)
         cdef int r
-        cdef const char *failed = NULL
+        cdef size_t failed = 0
         self._check_open()
         if fk_mgr_has(&self.m, fd):
             old = self._objs[fd]
@@ -157,14 +162,10 @@ cdef class KeepaliveManager:
             os.fstat(fd)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot add fd {fd}: {os.strerror(exc.errno or errno.EBADF)}") from None
-        if self._keepalive is not None:
-            r = fk_keepalive_matches(fd, &self._ka)
-            if r == 0:
-                r = fk_keepalive_apply(fd, &self._ka, &failed)
-                if r < 0:
-                    raise keepalive_error(-r, fd, failed.decode() if failed != NULL else "SO_KEEPALIVE")
-            elif r < 0:
-                raise keepalive_error(-r, fd, "SO_KEEPALIVE")
+        if self._keepalive is not None and fk_sockopt_match(fd, self._ka, self._ka_n) != 1:
+            r = fk_sockopt_apply(fd, self._ka, self._ka_n, &failed)  # names the option a read could not
+            if r < 0:
+                raise keepalive_error(-r, fd, self._ka_names[failed])
         now = self._now()
         if fk_mgr_has(&self.m, fd):
             raise ValueError(f"fd {fd} is already in this manager")

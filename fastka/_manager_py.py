@@ -316,18 +316,9 @@ class KeepaliveManager:
             self._wake_if_sooner()
 
     def _apply_keepalive(self, sock: Any, fd: int) -> None:
-        from . import _keepalive_py
+        from . import _keepalive, _keepalive_py
 
-        cfg = self._keepalive
-        st = _keepalive_py.get_keepalive(fd)
-        if not (
-            st.enabled
-            and st.idle == cfg.idle
-            and st.interval == cfg.interval
-            and st.count == cfg.count
-            and (cfg.user_timeout is None or st.user_timeout == cfg.user_timeout)
-        ):
-            _keepalive_py.set_keepalive(fd, cfg)
+        _keepalive.carry(_keepalive_py, fd, self._keepalive)
 
     def _lookup(self, sock: Any) -> _Conn:
         fd = fd_of(sock)
