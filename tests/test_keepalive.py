@@ -399,6 +399,10 @@ def test_user_timeout_is_converted_to_ms_once(backend, tcp):
     with socket.socket() as other:
         assert backend.set_keepalive_many([other], cfg) == {}
         assert kernel(other)[4] == 2007
+    with socket.socket() as added, backend.KeepaliveManager(keepalive=cfg, close=False) as manager:
+        manager.add(added)  # the manager applies the same plan (2008 ms on the compiled one before)
+        assert kernel(added)[4] == 2007
+        manager.remove(added)
 
 
 # -- create_server ---------------------------------------------------------------------
@@ -440,3 +444,23 @@ def test_create_server_closes_the_socket_when_keepalive_fails(backend, tmp_path)
     with pytest.raises(OSError) as info:
         backend.create_server(str(tmp_path / "sock"), family=socket.AF_UNIX)
     assert "is not a TCP socket (it is Unix stream)" in str(info.value)
+
+
+# -- one API, visible signatures ---------------------------------------------------------
+
+
+def test_every_public_function_has_the_same_signature_on_both_backends(backend):
+    import inspect
+
+    from fastka import _keepalive
+    from fastka._compat import load
+
+    reference = load("python")
+    for name in _keepalive.PUBLIC:
+        fn = getattr(backend, name)
+        assert inspect.signature(fn) == inspect.signature(getattr(reference, name)), name
+        assert fn.__module__ == "fastka" and fn.__doc__, name
+    for method in ("add", "remove", "touch", "poll", "fileno", "next_deadline", "close"):
+        inspect.signature(getattr(backend.KeepaliveManager, method))  # compiled too (binding=True)
+    assert list(inspect.signature(backend.set_keepalive).parameters) == [
+        "sock", "config", "idle", "interval", "count", "user_timeout"]

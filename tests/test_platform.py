@@ -1,4 +1,5 @@
-"""The per-platform option mapping and limits (fastka/_platform.py, src/platform.h).
+"""The per-platform option mapping and limits (fastka/_platform.py, their one copy: the C
+core applies the plan it is given and knows no option numbers).
 
 Only Linux runs the real calls here; these tests check every row of every platform's
 table everywhere, by asking for the option calls (``plan``) and by validating configs
