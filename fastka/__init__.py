@@ -6,7 +6,7 @@ fallback. ``IMPLEMENTATION`` says which one this process uses.
 """
 from . import _compat
 from ._config import KeepaliveConfig, system_defaults
-from ._types import Event, KeepaliveState, TcpInfo
+from ._types import Event, HasFileno, KeepaliveState, SocketLike, TcpInfo
 
 _backend = _compat.default()
 IMPLEMENTATION: str = _backend.name
@@ -19,6 +19,7 @@ set_keepalive_many = _backend.set_keepalive_many
 tcp_info = _backend.tcp_info
 is_alive = _backend.is_alive
 find_dead = _backend.find_dead
+create_server = _backend.create_server
 KeepaliveManager = _backend.KeepaliveManager
 
 del _backend
@@ -30,7 +31,10 @@ __all__ = [
     "KeepaliveConfig",
     "KeepaliveManager",
     "KeepaliveState",
+    "HasFileno",
+    "SocketLike",
     "TcpInfo",
+    "create_server",
     "disable_keepalive",
     "find_dead",
     "get_keepalive",

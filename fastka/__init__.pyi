@@ -1,21 +1,19 @@
 """Type stubs of fastka's public API (both backends present the same one)."""
-import enum
 import socket
-from typing import Dict, Iterable, List, Literal, Optional, Protocol, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Tuple, TypeVar, Union, overload
 
 from ._config import KeepaliveConfig as KeepaliveConfig
 from ._config import system_defaults as system_defaults
 from ._types import Event as Event
+from ._types import HasFileno as HasFileno
 from ._types import KeepaliveState as KeepaliveState
+from ._types import SocketLike as SocketLike
 from ._types import TcpInfo as TcpInfo
 
-class _HasFileno(Protocol):
-    def fileno(self) -> int: ...
-
-# A "sock" argument: a socket, any object with fileno(), or an int fd >= 0.
-_Sock = Union[socket.socket, _HasFileno, int]
+_Sock = SocketLike
 _Seconds = Union[int, float]
-_S = TypeVar("_S", bound=_Sock)
+_S = TypeVar("_S", bound=Optional[SocketLike])
+_T = TypeVar("_T")
 
 IMPLEMENTATION: Literal["c", "python"]
 __version__: str
@@ -50,7 +48,19 @@ def set_keepalive_many(
 ) -> Dict[int, OSError]: ...
 def tcp_info(sock: _Sock) -> TcpInfo: ...
 def is_alive(sock: _Sock) -> bool: ...
-def find_dead(socks: Iterable[_S]) -> List[_S]: ...
+@overload
+def find_dead(socks: Iterable[_S], *, key: None = ...) -> List[_S]: ...
+@overload
+def find_dead(socks: Iterable[_T], *, key: Callable[[_T], Optional[SocketLike]]) -> List[_T]: ...
+def create_server(
+    address: Tuple[Any, ...],
+    config: Optional[KeepaliveConfig] = ...,
+    *,
+    family: int = ...,
+    backlog: Optional[int] = ...,
+    reuse_port: bool = ...,
+    dualstack_ipv6: bool = ...,
+) -> socket.socket: ...
 
 class KeepaliveManager:
     def __init__(
@@ -82,7 +92,10 @@ __all__ = [
     "KeepaliveConfig",
     "KeepaliveManager",
     "KeepaliveState",
+    "HasFileno",
+    "SocketLike",
     "TcpInfo",
+    "create_server",
     "disable_keepalive",
     "find_dead",
     "get_keepalive",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 from ._types import Event
 
@@ -55,51 +55,34 @@ def peek(fd: int) -> int:
     return PEEK_DATA if data else PEEK_EOF
 
 
-def liveness(fd: int) -> Tuple[int, int]:
-    """(0, 0) while alive, else (Event, errno) saying why the connection is dead.
-
-    Uses poll(POLLIN | POLLRDHUP) with a zero timeout: no data is consumed. Raises
-    OSError(EBADF) when ``fd`` is not open.
-    """
-    p = select.poll()
-    p.register(fd, select.POLLIN | POLLRDHUP)
-    revents = 0
-    for _, revents in p.poll(0):
-        pass
-    if revents & select.POLLNVAL:
-        raise OSError(errno.EBADF, f"fd {fd}: {errno.errorcode[errno.EBADF]}: not an open file descriptor")
-    if revents & (select.POLLERR | select.POLLHUP):
-        err = pending_error(fd)
-        return (error_event(err), err) if err else (Event.PEER_CLOSED, 0)
-    if revents & POLLRDHUP:
-        return Event.PEER_CLOSED, 0
-    return 0, 0
-
-
-def dead_states(fds: Iterable[int]) -> Dict[int, int]:
-    """{fd: 1 dead / 0 alive / -EBADF not open} from one zero-timeout poll over ``fds``.
+def dead_states(fds: List[int]) -> List[Tuple[int, int]]:
+    """``[(position, state)]`` for each of ``fds`` that is dead (state 1, or fd -1: no
+    socket) or not open (state -EBADF), in order, from one zero-timeout poll; the live
+    ones are left out.
 
     Dead is what fastka.is_alive calls dead: the peer sent FIN or RST, a keepalive or
     user timeout fired, or an error is pending (POLLRDHUP, POLLHUP or POLLERR; where
     there is no POLLRDHUP, a readable socket whose peek is empty). Neither data nor the
     pending error is consumed. Mirrors fk_find_dead in src/liveness.c.
     """
-    states: Dict[int, int] = {}
+    polled = [fd for fd in fds if fd >= 0]
     if not hasattr(select, "poll"):  # Windows: select() in chunks under its FD_SETSIZE
-        return _dead_states_select(fds)
-    p = select.poll()
-    for fd in fds:
-        if fd not in states:
-            p.register(fd, select.POLLIN | POLLRDHUP)
-            states[fd] = 0
-    for fd, revents in p.poll(0):
-        if revents & select.POLLNVAL:
-            states[fd] = -errno.EBADF
-        elif revents & (select.POLLERR | select.POLLHUP | POLLRDHUP):
-            states[fd] = 1
-        elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
-            states[fd] = 1
-    return states
+        by_fd = _dead_states_select(polled)
+    else:
+        by_fd = {}
+        p = select.poll()
+        for fd in polled:
+            if fd not in by_fd:
+                p.register(fd, select.POLLIN | POLLRDHUP)
+                by_fd[fd] = 0
+        for fd, revents in p.poll(0):
+            if revents & select.POLLNVAL:
+                by_fd[fd] = -errno.EBADF
+            elif revents & (select.POLLERR | select.POLLHUP | POLLRDHUP):
+                by_fd[fd] = 1
+            elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
+                by_fd[fd] = 1
+    return [(i, 1 if fd < 0 else by_fd[fd]) for i, fd in enumerate(fds) if fd < 0 or by_fd[fd]]
 
 
 def _dead_states_select(fds: Iterable[int]) -> Dict[int, int]:

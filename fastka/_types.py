@@ -1,9 +1,21 @@
-"""Value types shared by both backends: events, kernel read-backs, TCP_INFO."""
+"""Value types shared by both backends: events, kernel read-backs, TCP_INFO, and the
+type of a "sock" argument."""
 from __future__ import annotations
 
 import enum
+import socket
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol, Union
+
+
+class HasFileno(Protocol):
+    """Any object with a ``fileno()`` method returning its file descriptor."""
+
+    def fileno(self) -> int: ...
+
+
+SocketLike = Union[socket.socket, HasFileno, int]
+"""What every "sock" argument accepts: a socket, any object with fileno(), or an int fd >= 0."""
 
 
 class Event(enum.IntEnum):

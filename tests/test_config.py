@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -168,3 +169,66 @@ def test_system_defaults_are_the_sysctls():
     cfg = system_defaults()
     assert (cfg.idle, cfg.interval, cfg.count, cfg.user_timeout) == expected + (None,)
     assert cfg.detection_time == expected[0] + expected[1] * expected[2]
+
+
+# -- socket_options() / tcp_options(): the plan as data for client libraries ------------
+
+
+def test_socket_options_on_linux(linux):
+    cfg = KeepaliveConfig(idle=30, interval=5, count=3, user_timeout=2.007)
+    assert cfg.socket_options() == [(1, 9, 1), (6, 4, 30), (6, 5, 5), (6, 6, 3), (6, 18, 2007)]
+    assert cfg.tcp_options() == {4: 30, 5: 5, 6: 3, 18: 2007}
+    # user timeout only when it is not None; 0 (kernel default) is a value to set
+    assert KeepaliveConfig().socket_options() == [(1, 9, 1), (6, 4, 60), (6, 5, 10), (6, 6, 5)]
+    assert KeepaliveConfig(user_timeout=0).tcp_options()[18] == 0
+
+
+@pytest.mark.parametrize("platform", [_platform.DARWIN, _platform.FREEBSD, _platform.SUNOS, _platform.WINDOWS],
+                         ids=lambda p: p.name)
+def test_socket_options_follow_each_platforms_plan(monkeypatch, platform):
+    monkeypatch.setattr(_platform, "CURRENT", platform)
+    monkeypatch.setattr(_platform, "_windows_per_option", True)
+    cfg = KeepaliveConfig(idle=30, interval=5, count=3)
+    opts = cfg.socket_options()
+    assert opts[0] == (_platform.SOL_SOCKET, _platform.SO_KEEPALIVE, 1)
+    assert opts[1:] == [(6, platform.idle.number, 30), (6, platform.interval.number, 5), (6, platform.count.number, 3)]
+    assert cfg.tcp_options() == {platform.idle.number: 30, platform.interval.number: 5, platform.count.number: 3}
+    if platform.user_timeout is not None:  # macOS and Windows take whole seconds, rounded up
+        assert cfg.replace(user_timeout=2.5).tcp_options()[platform.user_timeout.number] == 3
+
+
+def test_socket_options_refuse_where_an_ioctl_is_needed(monkeypatch):
+    monkeypatch.setattr(_platform, "CURRENT", _platform.WINDOWS)
+    monkeypatch.setattr(_platform, "_windows_per_option", False)  # Windows before 10 1709
+    with pytest.raises(ValueError, match="needs the SIO_KEEPALIVE_VALS ioctl on Windows before 10 1709"):
+        KeepaliveConfig(idle=30).socket_options()
+    with pytest.raises(ValueError, match="SIO_KEEPALIVE_VALS"):
+        KeepaliveConfig().tcp_options()
+
+
+def test_socket_options_type_check_for_urllib3_style_use(tmp_path, monkeypatch):
+    """mypy --strict accepts fastka's options next to urllib3's defaults, and find_dead's
+    key over pool objects (the recipe of the integrations docs)."""
+    mypy = pytest.importorskip("mypy.api")
+    pytest.importorskip("urllib3")
+    monkeypatch.setenv("MYPYPATH", str(Path(__file__).resolve().parent.parent))  # this tree's fastka
+    src = tmp_path / "use.py"
+    src.write_text(
+        "import socket\n"
+        "from typing import Optional\n"
+        "from urllib3 import PoolManager\n"
+        "from urllib3.connection import HTTPConnection\n"
+        "import fastka\n"
+        "cfg = fastka.KeepaliveConfig(idle=30, interval=5, count=3, user_timeout=10)\n"
+        "pool = PoolManager(socket_options=[*HTTPConnection.default_socket_options, *cfg.socket_options()])\n"
+        "opts: dict[int, int] = cfg.tcp_options()\n"
+        "class Conn:\n"
+        "    sock: Optional[socket.socket] = None\n"
+        "conns: list[Conn] = [Conn()]\n"
+        "dead: list[Conn] = fastka.find_dead(conns, key=lambda c: c.sock)\n"
+        "socks: list[socket.socket] = fastka.find_dead([socket.socket()])\n"
+        "s: fastka.SocketLike = 3\n"
+        "lst: socket.socket = fastka.create_server(('127.0.0.1', 0), cfg, backlog=5)\n"
+    )
+    out, err, status = mypy.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(src)])
+    assert status == 0, out + err

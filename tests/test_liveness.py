@@ -129,14 +129,13 @@ def test_unconnected_socket_is_dead_and_listener_alive(backend, listener):
 
 
 def test_both_backends_read_the_same_tcp_info(tcp_pair):
-    try:
-        from fastka import _keepalive_c
-    except ImportError:
-        pytest.skip("compiled backend not built")
+    from conftest import Backend
+
+    c, py = Backend("c"), Backend("python")
     client, server = tcp_pair
     client.sendall(b"x" * 1000)
     server.recv(1000)
-    a, b = _keepalive_c.tcp_info(client), _keepalive_py.tcp_info(client)
+    a, b = c.tcp_info(client), py.tcp_info(client)
     assert (a.state, a.retransmits, a.probes, a.backoff, a.unacked, a.lost, a.total_retrans) == (
         b.state, b.retransmits, b.probes, b.backoff, b.unacked, b.lost, b.total_retrans)
     assert abs(a.rtt - b.rtt) < 0.01 and abs(a.last_data_sent - b.last_data_sent) < 0.5
@@ -147,17 +146,128 @@ def test_parse_tcp_info_layout_and_short_structs():
     raw[0], raw[2], raw[3], raw[4] = 1, 2, 3, 4  # state, retransmits, probes, backoff
     for offset, value in ((24, 5), (32, 6), (44, 7000), (52, 8000), (56, 9000), (68, 250), (72, 125), (100, 11)):
         struct.pack_into("=I", raw, offset, value)
-    info = _keepalive_py.parse_tcp_info(bytes(raw))
+    # (state, retransmits, probes, backoff, rtt us, rttvar us, last_data_recv ms,
+    #  last_data_sent ms, last_ack_recv ms, unacked, lost, total_retrans): as the C core fills it
+    assert _keepalive_py.parse_tcp_info(bytes(raw)) == (1, 2, 3, 4, 250, 125, 8000, 7000, 9000, 5, 6, 11)
+    short = _keepalive_py.parse_tcp_info(bytes(raw[:60]))  # an older kernel's shorter struct
+    assert short == (1, 2, 3, 4, 0, 0, 8000, 7000, 9000, 5, 6, 0)
+
+
+class FakeTcpInfo:
+    """Primitives whose tcp_info returns fixed kernel fields."""
+
+    def __init__(self, fields):
+        self.fields = fields
+
+    def tcp_info(self, fd):
+        return 0, self.fields
+
+
+def test_tcp_info_units_and_unknown_states():
+    from fastka import _keepalive
+
+    info = _keepalive.bind(FakeTcpInfo((1, 2, 3, 4, 250, 125, 8000, 7000, 9000, 5, 6, 11)))["tcp_info"](5)
     assert info.state == "ESTABLISHED"
     assert (info.retransmits, info.probes, info.backoff, info.unacked, info.lost, info.total_retrans) == (2, 3, 4, 5, 6, 11)
-    assert (info.last_data_sent, info.last_data_recv, info.last_ack_recv) == (7.0, 8.0, 9.0)
-    assert (info.rtt, info.rttvar) == (0.00025, 0.000125)
-    short = _keepalive_py.parse_tcp_info(bytes(raw[:60]))  # an older kernel's shorter struct
-    assert short.total_retrans == 0 and short.rtt == 0.0 and short.last_ack_recv == 9.0
-    assert _keepalive_py.parse_tcp_info(bytes([99]) + bytes(103)).state == "UNKNOWN(99)"
+    assert (info.last_data_sent, info.last_data_recv, info.last_ack_recv) == (7.0, 8.0, 9.0)  # seconds, from ms
+    assert (info.rtt, info.rttvar) == (0.00025, 0.000125)  # seconds, from us
+    unknown = _keepalive.bind(FakeTcpInfo((99,) + (0,) * 11))["tcp_info"](5)
+    assert unknown.state == "UNKNOWN(99)"
 
 
-def test_tcp_info_elsewhere_names_the_platform(monkeypatch, tcp_pair):
-    monkeypatch.setattr(_keepalive_py, "TABLE", _platform.DARWIN)
+def test_tcp_info_elsewhere_names_the_platform(backend, monkeypatch, tcp_pair):
+    monkeypatch.setattr(_platform, "CURRENT", _platform.DARWIN)
     with pytest.raises(NotImplementedError, match="which macOS does not have"):
-        _keepalive_py.tcp_info(tcp_pair[0])
+        backend.tcp_info(tcp_pair[0])
+
+
+# -- find_dead(socks, *, key=None): pools, closed members, concurrent mutation ---------
+
+
+def test_find_dead_works_on_a_snapshot_while_another_thread_mutates_the_list(backend, listener):
+    """Issue 13, item 5: another thread inserting at the front of the caller's list (or
+    popping from it) while find_dead runs must never make a live member come back as dead,
+    nor raise IndexError: find_dead reports members of the list as it was when called."""
+    import threading
+
+    pairs = []
+    try:
+        for _ in range(400):
+            c = socket.create_connection(listener.getsockname())
+            s, _ = listener.accept()
+            pairs.append((c, s))
+        dead_pairs = pairs[::40]
+        for _, s in dead_pairs:
+            s.close()
+        for c, _ in dead_pairs:
+            settle(c)
+        dead = {id(c) for c, _ in dead_pairs}
+        live_extra = [c for c, _ in pairs if id(c) not in dead][:20]
+        members = [c for c, _ in pairs]
+        stop = threading.Event()
+        errors = []
+
+        def mutate():
+            k = 0
+            while not stop.is_set():
+                members.insert(0, live_extra[k % len(live_extra)])  # shifts every index by one
+                members.pop(0)
+                if k % 7 == 0:
+                    members.append(live_extra[0])
+                    members.pop()
+                k += 1
+
+        t = threading.Thread(target=mutate)
+        t.start()
+        try:
+            for _ in range(300):
+                try:
+                    got = backend.find_dead(members)
+                except Exception as exc:  # IndexError before the fix
+                    errors.append(exc)
+                    continue
+                wrong = [m for m in got if id(m) not in dead]
+                if wrong:
+                    errors.append(f"{len(wrong)} live members reported dead")
+        finally:
+            stop.set()
+            t.join()
+        assert errors == []
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()
+
+
+class Conn:
+    """A pool's connection object: its socket is an attribute, None once disconnected."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+
+def test_find_dead_with_key_none_and_closed_members(backend, listener):
+    pairs = []
+    try:
+        for _ in range(3):
+            c = socket.create_connection(listener.getsockname())
+            s, _ = listener.accept()
+            pairs.append((c, s))
+        pairs[1][1].close()
+        settle(pairs[1][0])
+        closed = socket.socket()
+        closed.close()
+        conns = [Conn(pairs[0][0]), Conn(None), Conn(pairs[1][0]), Conn(closed), Conn(pairs[2][0])]
+        assert backend.find_dead(conns, key=lambda c: c.sock) == [conns[1], conns[2], conns[3]]
+        assert backend.find_dead([pairs[0][0], None, closed]) == [None, closed]
+        assert backend.find_dead((c for c in conns), key=lambda c: c.sock) == [conns[1], conns[2], conns[3]]
+        with pytest.raises(TypeError, match=r"key\(socks\[1\]\) must be a socket"):
+            backend.find_dead([conns[0], "x"], key=lambda c: getattr(c, "sock", c))
+        with pytest.raises(TypeError, match="key must be a callable or None, not int"):
+            backend.find_dead(conns, key=5)
+        with pytest.raises(ValueError, match=r"socks\[0\] is a negative fd \(-1\)"):
+            backend.find_dead([-1])  # an int is an fd, not a closed socket
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()
