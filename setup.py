@@ -14,7 +14,7 @@ from setuptools.command.build_ext import build_ext
 # built on epoll, so only on Linux; elsewhere the package pairs the compiled keepalive
 # core with the selectors-based manager.
 EXTENSIONS = {
-    "fastka._keepalive_c": ["fastka/_keepalive_c.pyx", "src/keepalive.c", "src/liveness.c", "src/uring.c"],
+    "fastka._keepalive_c": ["fastka/_keepalive_c.pyx", "src/sockopt.c", "src/liveness.c"],
 }
 # The keep-alive hot path of `fastka serve` (plain GET/HEAD requests answered in C).
 EXTENSIONS["fastka._serve_c"] = ["fastka/_serve_c.pyx", "src/http_simple.c"]
@@ -22,7 +22,7 @@ if sys.platform.startswith("linux"):
     EXTENSIONS["fastka._manager_c"] = [
         "fastka/_manager_c.pyx",
         "src/manager.c",
-        "src/keepalive.c",
+        "src/sockopt.c",
         "src/liveness.c",
     ]
 if sys.platform == "win32":
@@ -46,7 +46,9 @@ def extensions():
         )
         for name, sources in EXTENSIONS.items()
     ]
-    return cythonize(mods, language_level=3, compiler_directives={"binding": False})
+    # binding=True: compiled functions and methods carry their signatures (inspect.signature,
+    # help()) as Python ones do.
+    return cythonize(mods, language_level=3, compiler_directives={"binding": True})
 
 
 def _required():

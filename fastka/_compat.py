@@ -17,13 +17,16 @@ import sys
 from types import ModuleType
 from typing import Dict, Optional, Tuple
 
+from . import _keepalive
+
 NAMES: Tuple[str, ...] = ("c", "python")
 """Backend names, preferred first."""
 
 ENV_NO_EXTENSIONS = "FASTKA_NO_EXTENSIONS"
 
-# The modules of each backend: (keepalive core, manager). The compiled manager is built on
-# epoll and so only on Linux; elsewhere the compiled core pairs with the selectors manager.
+# The modules of each backend: (keepalive primitives, manager). The compiled manager is
+# built on epoll and so only on Linux; elsewhere the compiled core pairs with the
+# selectors manager.
 _MANAGER_C = "fastka._manager_c" if sys.platform.startswith("linux") else "fastka._manager_py"
 _MODULES: Dict[str, Tuple[str, str]] = {
     "c": ("fastka._keepalive_c", _MANAGER_C),
@@ -36,16 +39,17 @@ class BackendUnavailable(ImportError):
 
 
 class Backend:
-    """One backend: ``.name``, its ``.keepalive`` and ``.manager`` modules, and the public
-    API as attributes (``backend.set_keepalive``, ``backend.KeepaliveManager``, ...)."""
+    """One backend: ``.name``, its ``.keepalive`` (primitives) and ``.manager`` modules,
+    and the public API as attributes (``backend.set_keepalive``, ``backend.KeepaliveManager``,
+    ...): the functions of fastka/_keepalive.py bound to this backend's primitives."""
 
     def __init__(self, name: str, keepalive: ModuleType, manager: ModuleType) -> None:
         self.name = name
         self.keepalive = keepalive
         self.manager = manager
         self.KeepaliveManager = manager.KeepaliveManager
-        for attr in keepalive.__all__:
-            setattr(self, attr, getattr(keepalive, attr))
+        for attr, function in _keepalive.bind(keepalive).items():
+            setattr(self, attr, function)
 
     def __repr__(self) -> str:
         return f"<fastka backend {self.name!r}>"

@@ -40,6 +40,21 @@ def _count(value: object, lo: int, hi: int) -> int:
     return value
 
 
+def seconds_to_ms(seconds: float) -> int:
+    """Seconds as whole milliseconds, rounded UP (never time out sooner than asked); a value
+    that is already whole milliseconds, such as KeepaliveConfig.user_timeout, comes back
+    exactly (2.007 gives 2007, although 2.007 * 1000 is 2006.9999... in binary).
+    The one seconds-to-milliseconds conversion: every user timeout reaches the kernel
+    through it."""
+    return math.ceil(round(seconds * 1000, 6))
+
+
+def ms_to_seconds(ms: int) -> float:
+    """Milliseconds as seconds: the one conversion back (KeepaliveConfig.user_timeout,
+    get_keepalive's user_timeout)."""
+    return ms / 1000
+
+
 def _user_timeout(value: object, limits: Optional[Tuple[int, int]]) -> Optional[float]:
     """Validate TCP_USER_TIMEOUT in seconds; round UP to whole milliseconds."""
     if value is None:
@@ -51,17 +66,17 @@ def _user_timeout(value: object, limits: Optional[Tuple[int, int]]) -> Optional[
             f"user_timeout={value!r} cannot be set on {_where()}: it has no per-socket user timeout; allowed: None"
         )
     lo_ms, hi_ms = limits
-    allowed = f"allowed: None, or 0..{hi_ms / 1000} seconds (0 = kernel default) on {_where()}"
+    allowed = f"allowed: None, or 0..{ms_to_seconds(hi_ms)} seconds (0 = kernel default) on {_where()}"
     try:
         as_float = float(value)
     except OverflowError:
         raise ValueError(f"user_timeout={value!r} is out of range; {allowed}") from None
-    if not math.isfinite(as_float) or as_float < 0 or as_float > hi_ms / 1000:
+    if not math.isfinite(as_float) or as_float < 0 or as_float > ms_to_seconds(hi_ms):
         raise ValueError(f"user_timeout={value!r} is out of range; {allowed}")
-    ms = math.ceil(round(as_float * 1000, 6))
+    ms = seconds_to_ms(as_float)
     if not lo_ms <= ms <= hi_ms:
         raise ValueError(f"user_timeout={value!r} is out of range; {allowed}")
-    return ms / 1000
+    return ms_to_seconds(ms)
 
 
 @dataclass(frozen=True)
@@ -124,8 +139,9 @@ class KeepaliveConfig:
         return {number: value for level, number, value in self.socket_options() if level == _platform.IPPROTO_TCP}
 
     def _plan(self) -> List[_platform.Step]:
-        """The option calls of set_keepalive for this config, from _platform.plan."""
-        steps = _platform.plan(_platform.CURRENT, *native(self), per_option=_platform.windows_per_option())
+        """The option calls of set_keepalive for this config on this platform (from
+        _platform.plan); ValueError where one of them is an ioctl."""
+        steps = _platform.steps_for(-1, *native(self))
         for name, level, _, _ in steps:
             if level == "ioctl":
                 raise ValueError(
@@ -212,9 +228,10 @@ def resolve(
 
 
 def native(config: KeepaliveConfig) -> Tuple[int, int, int, int]:
-    """(idle s, interval s, count, user_timeout ms or -1 for None): what the core applies."""
+    """(idle s, interval s, count, user_timeout ms or -1 for None): the fields
+    _platform.plan takes."""
     ut = config.user_timeout
-    return int(config.idle), int(config.interval), config.count, -1 if ut is None else int(round(ut * 1000))
+    return int(config.idle), int(config.interval), config.count, -1 if ut is None else seconds_to_ms(ut)
 
 
 def update_fields(
@@ -227,7 +244,7 @@ def update_fields(
     v = -1 if interval is None else _whole_seconds("interval", interval, *limits.interval)
     c = -1 if count is None else _count(count, *limits.count)
     ut = _user_timeout(user_timeout, limits.user_timeout_ms)
-    return i, v, c, -1 if ut is None else int(round(ut * 1000))
+    return i, v, c, -1 if ut is None else seconds_to_ms(ut)
 
 
 def system_defaults() -> KeepaliveConfig:

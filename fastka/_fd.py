@@ -1,6 +1,10 @@
 """Turn a "sock" argument (socket, object with fileno(), or int fd) into an fd."""
 from __future__ import annotations
 
+import socket
+
+_FD_MAX = 0x7FFFFFFF
+
 
 def fd_of(sock: object, name: str = "sock", *, closed_ok: bool = False) -> int:
     """Return the file descriptor of ``sock``.
@@ -9,6 +13,10 @@ def fd_of(sock: object, name: str = "sock", *, closed_ok: bool = False) -> int:
     ValueError for a negative fd. With ``closed_ok``, None and an object whose fileno()
     is -1 (a closed socket) give -1 instead.
     """
+    if type(sock) is int and 0 <= sock <= _FD_MAX:  # the common cases first
+        return sock
+    if type(sock) is socket.socket and sock.fileno() >= 0:
+        return sock.fileno()
     if closed_ok and sock is None:
         return -1
     if isinstance(sock, bool):
@@ -29,6 +37,6 @@ def fd_of(sock: object, name: str = "sock", *, closed_ok: bool = False) -> int:
             return -1
     if fd < 0:
         raise ValueError(f"{name} is a negative fd ({fd}); a closed socket has fileno() -1")
-    if fd > 0x7FFFFFFF:
-        raise ValueError(f"{name} fd {fd} is out of range (0..2147483647)")
+    if fd > _FD_MAX:
+        raise ValueError(f"{name} fd {fd} is out of range (0..{_FD_MAX})")
     return fd

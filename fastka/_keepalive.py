@@ -1,19 +1,50 @@
-"""Public keepalive functions written once, over what a backend provides.
+"""The public keepalive API, written once over a backend's primitives.
 
-Each backend module builds its functions here from its own primitives, so both word
-arguments, results and errors identically.
+A backend's keepalive module (fastka/_keepalive_c.pyx, or fastka/_keepalive_py.py, the
+readable specification) provides six primitives over validated fds and planned options:
+
+- ``apply(fds, options) -> [(position, errno, option index)]``: setsockopt every
+  ``(level, option, value)`` on each fd, in order, each fd stopping at its first failure;
+- ``match(fd, options) -> 1 / 0 / -errno``: whether fd reads back those values;
+- ``read(fd, [(level, option)]) -> (errno or 0, values read)``;
+- ``dead_states(fds) -> [(position, 1 dead / -errno)]``, the live fds left out, from one
+  zero-timeout poll (fd -1, no socket, is dead);
+- ``tcp_info(fd) -> (errno or 0, fields in the kernel's units)``;
+- ``fds(members, label, closed_ok) -> [fd]``: fastka._fd.fd_of of each member, the
+  compiled one taking int fds and socket.socket objects without a Python call.
+
+:func:`bind` turns them into the public functions; arguments, validation, the option
+plan (fastka/_platform.py), unit conversions and error wording all live here or in the
+modules this one imports, so the two backends cannot differ in them.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import socket
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from ._config import KeepaliveConfig, resolve
+from . import _platform
+from ._config import KeepaliveConfig, Seconds, ms_to_seconds, native, resolve, update_fields
 from ._errors import keepalive_error
 from ._fd import fd_of
+from ._types import TCP_STATES, KeepaliveState, TcpInfo
 
-# What fd_of(..., closed_ok=True) gives for a member with no open socket.
-_CLOSED = -1
+PUBLIC = (
+    "set_keepalive",
+    "update_keepalive",
+    "disable_keepalive",
+    "get_keepalive",
+    "set_keepalive_many",
+    "tcp_info",
+    "is_alive",
+    "find_dead",
+    "create_server",
+)
+"""The functions :func:`bind` makes: what every backend offers."""
+
+Failure = Tuple[int, int, str]  # (position in fds, errno, option name)
+Triples = List[Tuple[int, int, int]]
 
 
 def snapshot(socks: Iterable[Any], name: str) -> List[Any]:
@@ -24,8 +55,228 @@ def snapshot(socks: Iterable[Any], name: str) -> List[Any]:
     return list(socks)
 
 
-def find_dead_over(dead_states: Callable[[List[int]], Sequence[int]]) -> Callable[..., List[Any]]:
-    """find_dead over a backend's ``dead_states(fds) -> [1 dead / 0 alive / -errno]``."""
+def _triples(steps: List[_platform.Step]) -> Optional[Triples]:
+    """The (level, option, value) of ``steps``; None when one of them is an ioctl."""
+    if any(level == "ioctl" for _, level, _, _ in steps):
+        return None
+    return [(level, number, value) for _, level, number, value in steps]  # type: ignore[misc]
+
+
+def _ioctl(fd: int, value: object) -> int:
+    """SIO_KEEPALIVE_VALS on ``fd`` (Windows before 10 1709) through Python's socket.ioctl:
+    0, or the errno."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fd)
+    try:
+        s.ioctl(_platform.SIO_KEEPALIVE_VALS, value)  # type: ignore[attr-defined]
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    finally:
+        s.detach()
+    return 0
+
+
+def run(prim: Any, fds: List[int], steps: List[_platform.Step], triples: Optional[Triples] = None) -> List[Failure]:
+    """Make the option calls of ``steps`` (whose triples, when already known, are
+    ``triples``) on each of ``fds``; the failures, each fd stopping at its first. Socket
+    options go to the backend in one batch; an ioctl step (Windows before 10 1709) is made
+    here, per fd, in its place in the order."""
+    if triples is None:
+        triples = _triples(steps)
+    if triples is not None:
+        fails = prim.apply(fds, triples)
+        return [(pos, err, steps[i][0]) for pos, err, i in fails] if fails else []
+    failures: List[Failure] = []
+    for pos, fd in enumerate(fds):
+        for name, level, number, value in steps:
+            if level == "ioctl":
+                err = _ioctl(fd, value)
+            else:
+                err = next((e for _, e, _ in prim.apply([fd], [(level, number, value)])), 0)
+            if err:
+                failures.append((pos, err, name))
+                break
+    return failures
+
+
+_DISABLE = _triples(_platform.DISABLE)
+
+
+@functools.lru_cache(maxsize=64)
+def _config_plan(platform: int, cfg: KeepaliveConfig) -> Tuple[List[_platform.Step], Optional[Triples]]:
+    """The option calls that apply ``cfg`` on the current platform (``platform`` is its
+    table's id, the cache key) and their triples: on per-option platforms the same for
+    every fd, so made once per config."""
+    steps = _platform.steps_for(-1, *native(cfg))
+    return steps, _triples(steps)
+
+
+def _plan(fd: int, cfg: KeepaliveConfig) -> Tuple[List[_platform.Step], Optional[Triples]]:
+    """(steps, triples) that apply ``cfg`` to ``fd`` (-1: to any fd)."""
+    if _platform.windows_per_option():
+        return _config_plan(id(_platform.CURRENT), cfg)
+    return _platform.steps_for(fd, *native(cfg)), None
+
+
+@functools.lru_cache(maxsize=8)
+def _reads(platform: int) -> Tuple[List[str], List[Tuple[int, int]]]:
+    """The option names and (level, option) pairs get_keepalive reads on the current
+    platform (``platform``: its table's id, the cache key)."""
+    options = _platform.read_options(_platform.CURRENT)
+    return [name for name, _, _ in options], [(level, number) for _, level, number in options]
+
+
+def carry(prim: Any, fd: int, cfg: KeepaliveConfig) -> None:
+    """What KeepaliveManager.add does with its ``keepalive`` config: apply it to ``fd``
+    unless ``fd`` already carries it (inherited from a configured listener). A socket that
+    cannot be read back is given the config, so a failure is the error set_keepalive
+    raises, naming the same option. SIO_KEEPALIVE_VALS cannot be read back: always set."""
+    steps, triples = _plan(fd, cfg)
+    if triples is not None and prim.match(fd, triples) == 1:
+        return
+    for _, err, name in run(prim, [fd], steps, triples):
+        raise keepalive_error(err, fd, name)
+
+
+def _public(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Name a bound function as the package exports it."""
+    fn.__module__ = "fastka"
+    fn.__qualname__ = fn.__name__
+    return fn
+
+
+def bind(prim: Any) -> Dict[str, Callable[..., Any]]:
+    """The public keepalive functions over ``prim``, a backend's primitives module;
+    {name: function} for every name of :data:`PUBLIC`."""
+
+    def apply_or_raise(fd: int, steps: List[_platform.Step], triples: Optional[Triples] = None) -> None:
+        if triples is not None:  # the common case, straight to the backend
+            for _, err, i in prim.apply([fd], triples):
+                raise keepalive_error(err, fd, steps[i][0])
+            return
+        for _, err, name in run(prim, [fd], steps):
+            raise keepalive_error(err, fd, name)
+
+    def read_state(fd: int) -> KeepaliveState:
+        table = _platform.CURRENT
+        names, options = _reads(id(table))
+        err, values = prim.read(fd, options)
+        if err:
+            raise keepalive_error(err, fd, names[len(values)])
+        ut_ms = _platform.user_timeout_ms(values[4], table) if len(values) > 4 else 0
+        return KeepaliveState(bool(values[0]), values[1], values[2], values[3], ms_to_seconds(ut_ms) if ut_ms else None)
+
+    def set_keepalive(
+        sock: Any,
+        config: Optional[KeepaliveConfig] = None,
+        *,
+        idle: Optional[Seconds] = None,
+        interval: Optional[Seconds] = None,
+        count: Optional[int] = None,
+        user_timeout: Optional[Seconds] = None,
+    ) -> KeepaliveConfig:
+        """Enable SO_KEEPALIVE on ``sock`` and apply ``config`` (default ``KeepaliveConfig()``)
+        with the keyword overrides; returns the config applied.
+
+        Times in seconds. Raises TypeError/ValueError for bad arguments (before any system
+        call) and OSError naming the fd and the option when the kernel refuses.
+        """
+        cfg = resolve(config, idle, interval, count, user_timeout)
+        fd = fd_of(sock)
+        apply_or_raise(fd, *_plan(fd, cfg))
+        return cfg
+
+    def update_keepalive(
+        sock: Any,
+        *,
+        idle: Optional[Seconds] = None,
+        interval: Optional[Seconds] = None,
+        count: Optional[int] = None,
+        user_timeout: Optional[Seconds] = None,
+    ) -> KeepaliveState:
+        """Enable keepalive on ``sock`` and change only the fields given (seconds); the
+        others stay as the kernel has them. Returns the state read back afterwards.
+
+        On Windows before 10 1709, whose SIO_KEEPALIVE_VALS always writes idle and
+        interval, a missing one comes from what fastka last set on this socket, else from
+        the system defaults.
+        """
+        fields = update_fields(idle, interval, count, user_timeout)
+        fd = fd_of(sock)
+        apply_or_raise(fd, _platform.steps_for(fd, *fields))
+        return read_state(fd)
+
+    def disable_keepalive(sock: Any) -> None:
+        """Turn SO_KEEPALIVE off on ``sock`` (the other values stay as they are)."""
+        fd = fd_of(sock)
+        apply_or_raise(fd, _platform.DISABLE, _DISABLE)
+        _platform.windows_forget(fd)
+
+    def get_keepalive(sock: Any) -> KeepaliveState:
+        """Keepalive settings of ``sock`` as the kernel reports them (seconds; user_timeout
+        None when unset)."""
+        return read_state(fd_of(sock))
+
+    def set_keepalive_many(
+        socks: Iterable[Any],
+        config: Optional[KeepaliveConfig] = None,
+        *,
+        idle: Optional[Seconds] = None,
+        interval: Optional[Seconds] = None,
+        count: Optional[int] = None,
+        user_timeout: Optional[Seconds] = None,
+    ) -> Dict[int, OSError]:
+        """Apply one config to every socket of ``socks``; returns {fd: OSError} for those
+        the kernel refused (empty when all succeeded). A failing socket never stops the
+        others.
+
+        A member with no usable fd (no fileno(), a closed socket object, a negative fd)
+        is a TypeError/ValueError raised before any socket is touched, as set_keepalive
+        does.
+        """
+        cfg = resolve(config, idle, interval, count, user_timeout)
+        fds = prim.fds(snapshot(socks, "socks"), "socks[{}]")
+        if _platform.windows_per_option():
+            failures = run(prim, fds, *_plan(-1, cfg))
+        else:  # each fd has its own SIO_KEEPALIVE_VALS fill
+            failures = [(pos, err, name) for pos, fd in enumerate(fds) for _, err, name in run(prim, [fd], *_plan(fd, cfg))]
+        return {fds[pos]: keepalive_error(err, fds[pos], name) for pos, err, name in failures}
+
+    def tcp_info(sock: Any) -> TcpInfo:
+        """Linux TCP_INFO of ``sock``: state, retransmission and probe counters, times in
+        seconds. Raises NotImplementedError on other platforms, OSError from the kernel."""
+        table = _platform.CURRENT
+        if table is not _platform.LINUX:
+            raise NotImplementedError(f"tcp_info reads Linux's TCP_INFO, which {table.title} does not have")
+        fd = fd_of(sock)
+        err, f = prim.tcp_info(fd)
+        if err:
+            raise keepalive_error(err, fd, "TCP_INFO")
+        return TcpInfo(
+            state=TCP_STATES[f[0]] if f[0] < len(TCP_STATES) else f"UNKNOWN({f[0]})",
+            retransmits=f[1],
+            probes=f[2],
+            backoff=f[3],
+            rtt=f[4] / 1e6,  # microseconds
+            rttvar=f[5] / 1e6,
+            last_data_recv=ms_to_seconds(f[6]),
+            last_data_sent=ms_to_seconds(f[7]),
+            last_ack_recv=ms_to_seconds(f[8]),
+            unacked=f[9],
+            lost=f[10],
+            total_retrans=f[11],
+        )
+
+    def is_alive(sock: Any) -> bool:
+        """False once the peer sent FIN (even with data still unread) or RST, a keepalive
+        or user timeout fired, or an error is pending; True otherwise. Non-blocking;
+        consumes neither data nor the pending error. OSError(EBADF) for an fd that is not
+        open."""
+        fd = fd_of(sock)
+        for _, state in prim.dead_states([fd]):
+            if state < 0:
+                raise keepalive_error(-state, fd, "poll")
+            return False
+        return True
 
     def find_dead(socks: Iterable[Any], *, key: Optional[Callable[[Any], Any]] = None) -> List[Any]:
         """The members of ``socks`` whose connection is dead as is_alive says, in their
@@ -39,25 +290,16 @@ def find_dead_over(dead_states: Callable[[List[int]], Sequence[int]]) -> Callabl
         if key is not None and not callable(key):
             raise TypeError(f"key must be a callable or None, not {type(key).__name__}: {key!r}")
         members = snapshot(socks, "socks")
-        label = "socks[{}]" if key is None else "key(socks[{}])"
-        fds = [
-            fd_of(m if key is None else key(m), label.format(i), closed_ok=True) for i, m in enumerate(members)
-        ]
-        states = iter(dead_states([fd for fd in fds if fd != _CLOSED]))
+        if key is None:
+            fds = prim.fds(members, "socks[{}]", True)
+        else:
+            fds = prim.fds([key(m) for m in members], "key(socks[{}])", True)
         dead: List[Any] = []
-        for member, fd in zip(members, fds):
-            state = 1 if fd == _CLOSED else next(states)
+        for i, state in prim.dead_states(fds):
             if state < 0:
-                raise keepalive_error(-state, fd, "poll")
-            if state:
-                dead.append(member)
+                raise keepalive_error(-state, fds[i], "poll")
+            dead.append(members[i])
         return dead
-
-    return find_dead
-
-
-def create_server_over(set_keepalive: Callable[..., KeepaliveConfig]) -> Callable[..., socket.socket]:
-    """create_server over a backend's set_keepalive."""
 
     def create_server(
         address: Tuple[Any, ...],
@@ -86,4 +328,6 @@ def create_server_over(set_keepalive: Callable[..., KeepaliveConfig]) -> Callabl
             raise
         return sock
 
-    return create_server
+    functions = (set_keepalive, update_keepalive, disable_keepalive, get_keepalive, set_keepalive_many,
+                 tcp_info, is_alive, find_dead, create_server)
+    return {fn.__name__: _public(fn) for fn in functions}

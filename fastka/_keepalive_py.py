@@ -1,220 +1,105 @@
-"""The pure-Python backend: keepalive with socket.setsockopt / getsockopt.
+"""The pure-Python backend's keepalive primitives: the readable specification of the
+compiled ones (fastka/_keepalive_c.pyx over src/sockopt.c and src/liveness.c).
 
-This is the readable reference for the compiled backend (fastka/_keepalive_c.pyx over
-src/keepalive.c and src/liveness.c): both take the same arguments, make the same system
-calls in the same order and raise the same errors with the same messages.
+Same functions, arguments, results and errno numbers; fastka/_keepalive.py builds the
+public API on either. Each function takes fds that are already validated (0..INT_MAX) and
+option triples from fastka/_platform.plan(), and reports kernel errors as errno numbers.
 """
 from __future__ import annotations
 
 import errno
 import socket
 import struct
-from typing import Any, Dict, Iterable, List, Optional, cast
+from typing import List, Tuple
 
 from . import _platform
-from ._config import KeepaliveConfig, Seconds, native, resolve, update_fields
-from ._errors import keepalive_error
-from ._keepalive import create_server_over, find_dead_over, snapshot
 from ._fd import fd_of
 from ._liveness_py import dead_states
-from ._types import TCP_STATES, KeepaliveState, TcpInfo
 
-__all__ = [
-    "create_server",
-    "disable_keepalive",
-    "find_dead",
-    "get_keepalive",
-    "is_alive",
-    "set_keepalive",
-    "set_keepalive_many",
-    "tcp_info",
-    "update_keepalive",
-]
-
-TABLE = _platform.CURRENT
+__all__ = ["apply", "dead_states", "fds", "match", "read", "tcp_info"]
 
 
-def _borrow(fd: int, option: str) -> socket.socket:
-    """A socket object over ``fd``, to be detach()ed, never closed.
+def fds(members: List[object], label: str, closed_ok: bool = False) -> List[int]:
+    """fd_of for every member (``label.format(i)`` names member i in an error)."""
+    return [fd_of(m, label.format(i), closed_ok=closed_ok) for i, m in enumerate(members)]
 
-    The family/type/proto are given so that Python asks the kernel nothing about a
-    socket; a closed fd fails here, reported as the failure of ``option``, the first
-    option call the C core would have made.
-    """
+
+def _borrow(fd: int) -> socket.socket:
+    """A socket object over ``fd``, to be detach()ed, never closed. The family, type and
+    protocol are given so that Python asks the kernel nothing; OSError for a closed fd."""
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fd)
+
+
+def _errno(exc: OSError) -> int:
+    return exc.errno or errno.EIO
+
+
+def _apply_one(fd: int, options: List[Tuple[int, int, int]]) -> Tuple[int, int]:
+    """(0, 0), or (errno, index of the option whose setsockopt failed)."""
+    if not options:
+        return 0, 0
     try:
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fd)
-    except OSError as exc:
-        raise keepalive_error(exc.errno or errno.EBADF, fd, option) from None
-
-
-def _socket_for(sock: object, fd: int, option: str) -> socket.socket:
-    """``sock`` itself when it is a socket, else a borrowed socket object over ``fd``."""
-    if isinstance(sock, socket.socket):
-        return sock
-    return _borrow(fd, option)
-
-
-def _release(sock: object, s: socket.socket) -> None:
-    if s is not sock:
+        s = _borrow(fd)
+    except OSError as exc:  # the first call on a closed fd would fail the same way
+        return _errno(exc), 0
+    try:
+        for i, (level, name, value) in enumerate(options):
+            try:
+                s.setsockopt(level, name, value)
+            except OSError as exc:
+                return _errno(exc), i
+        return 0, 0
+    finally:
         s.detach()
 
 
-def _run(s: socket.socket, fd: int, steps: List[_platform.Step]) -> None:
-    """Make the option calls of ``steps`` on ``s``; the first failure raises."""
-    for name, level, number, value in steps:
-        try:
-            if level == "ioctl":
-                s.ioctl(_platform.SIO_KEEPALIVE_VALS, value)  # type: ignore[attr-defined]
-            else:
-                s.setsockopt(cast(int, level), number, cast(int, value))
-        except OSError as exc:
-            raise keepalive_error(exc.errno or errno.EIO, fd, name) from None
+def apply(fds: List[int], options: List[Tuple[int, int, int]]) -> List[Tuple[int, int, int]]:
+    """setsockopt every ``(level, name, value)`` of ``options`` on each of ``fds``, in
+    order; an fd stops at its first failure, the others go on. Returns
+    ``[(position in fds, errno, index of the failed option)]``, empty when all succeeded."""
+    failures = []
+    for position, fd in enumerate(fds):
+        err, index = _apply_one(fd, options)
+        if err:
+            failures.append((position, err, index))
+    return failures
 
 
-def _steps(fd: int, idle: int, interval: int, count: int, ut_ms: int) -> List[_platform.Step]:
-    """The option calls for ``fd`` (-1: for any fd, where nothing is remembered per fd)."""
-    per_option = _platform.windows_per_option()
-    if not per_option:  # Windows' SIO_KEEPALIVE_VALS writes idle and interval together
-        idle, interval = _platform.windows_fill(fd, idle, interval)
-        _platform.windows_remember(fd, idle, interval)
+def read(fd: int, options: List[Tuple[int, int]]) -> Tuple[int, List[int]]:
+    """getsockopt each ``(level, name)`` of ``options`` on ``fd`` as an int, in order:
+    ``(0, values)``, or ``(errno, the values read before the failing one)``."""
+    values: List[int] = []
+    if not options:
+        return 0, values
     try:
-        return _platform.plan(TABLE, idle, interval, count, ut_ms, per_option=per_option)
+        s = _borrow(fd)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror if fd < 0 else f"fd {fd}: {exc.strerror}") from None
-
-
-def set_keepalive(
-    sock: object,
-    config: Optional[KeepaliveConfig] = None,
-    *,
-    idle: Optional[Seconds] = None,
-    interval: Optional[Seconds] = None,
-    count: Optional[int] = None,
-    user_timeout: Optional[Seconds] = None,
-) -> KeepaliveConfig:
-    """Enable SO_KEEPALIVE on ``sock`` and apply ``config`` (default ``KeepaliveConfig()``)
-    with the keyword overrides; returns the config applied.
-
-    Times in seconds. Raises TypeError/ValueError for bad arguments (before any system
-    call) and OSError naming the fd and the option when the kernel refuses.
-    """
-    cfg = resolve(config, idle, interval, count, user_timeout)
-    fd = fd_of(sock)
-    steps = _steps(fd, *native(cfg))
-    s = _socket_for(sock, fd, steps[0][0])
+        return _errno(exc), values
     try:
-        _run(s, fd, steps)
+        for level, name in options:
+            try:
+                values.append(s.getsockopt(level, name))
+            except OSError as exc:
+                return _errno(exc), values
+        return 0, values
     finally:
-        _release(sock, s)
-    return cfg
+        s.detach()
 
 
-def update_keepalive(
-    sock: object,
-    *,
-    idle: Optional[Seconds] = None,
-    interval: Optional[Seconds] = None,
-    count: Optional[int] = None,
-    user_timeout: Optional[Seconds] = None,
-) -> KeepaliveState:
-    """Enable keepalive on ``sock`` and change only the fields given (seconds); the others
-    stay as the kernel has them. Returns the state read back afterwards.
-
-    On Windows before 10 1709, whose SIO_KEEPALIVE_VALS always writes idle and interval,
-    a missing one comes from what fastka last set on this socket, else from the system
-    defaults.
-    """
-    fields = update_fields(idle, interval, count, user_timeout)
-    fd = fd_of(sock)
-    steps = _steps(fd, *fields)
-    s = _socket_for(sock, fd, steps[0][0])
-    try:
-        _run(s, fd, steps)
-        return _get(s, fd)
-    finally:
-        _release(sock, s)
-
-
-def disable_keepalive(sock: object) -> None:
-    """Turn SO_KEEPALIVE off on ``sock`` (the other values stay as they are)."""
-    fd = fd_of(sock)
-    s = _socket_for(sock, fd, "SO_KEEPALIVE")
-    try:
-        _run(s, fd, [("SO_KEEPALIVE", socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)])
-    finally:
-        _release(sock, s)
-
-
-def _getopt(s: socket.socket, fd: int, name: str, level: int, number: int) -> int:
-    try:
-        return s.getsockopt(level, number)
-    except OSError as exc:
-        raise keepalive_error(exc.errno or errno.EIO, fd, name) from None
-
-
-def _get(s: socket.socket, fd: int) -> KeepaliveState:
-    t = TABLE
-    enabled = _getopt(s, fd, "SO_KEEPALIVE", socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-    values = [_getopt(s, fd, o.name, _platform.IPPROTO_TCP, o.number) for o in (t.idle, t.interval, t.count)]
-    ut_ms = 0
-    if t.user_timeout is not None:
-        raw = _getopt(s, fd, t.user_timeout.name, _platform.IPPROTO_TCP, t.user_timeout.number)
-        ut_ms = _platform.user_timeout_ms(raw, t)
-    return KeepaliveState(bool(enabled), values[0], values[1], values[2], ut_ms / 1000 if ut_ms else None)
-
-
-def get_keepalive(sock: object) -> KeepaliveState:
-    """Keepalive settings of ``sock`` as the kernel reports them (seconds; user_timeout
-    None when unset)."""
-    fd = fd_of(sock)
-    s = _socket_for(sock, fd, "SO_KEEPALIVE")
-    try:
-        return _get(s, fd)
-    finally:
-        _release(sock, s)
-
-
-def _fds(members: List[Any], name: str) -> List[int]:
-    """The fd of every member; TypeError/ValueError (naming the position) for a member
-    that has none, before any system call."""
-    return [fd_of(s, f"{name}[{i}]") for i, s in enumerate(members)]
-
-
-def set_keepalive_many(
-    socks: Iterable[object],
-    config: Optional[KeepaliveConfig] = None,
-    *,
-    idle: Optional[Seconds] = None,
-    interval: Optional[Seconds] = None,
-    count: Optional[int] = None,
-    user_timeout: Optional[Seconds] = None,
-) -> Dict[int, OSError]:
-    """Apply one config to every socket of ``socks``; returns {fd: OSError} for those the
-    kernel refused (empty when all succeeded). A failing socket never stops the others.
-
-    A member with no usable fd (no fileno(), a closed socket object, a negative fd) is a
-    TypeError/ValueError raised before any socket is touched, as set_keepalive does.
-    """
-    cfg = resolve(config, idle, interval, count, user_timeout)
-    fds = _fds(snapshot(socks, "socks"), "socks")
-    values = native(cfg)
-    per_option = _platform.windows_per_option()
-    steps = _steps(-1, *values) if per_option else []
-    failed: Dict[int, OSError] = {}
-    for fd in fds:
-        try:
-            fd_steps = steps if per_option else _steps(fd, *values)
-            s = _borrow(fd, fd_steps[0][0])
-        except OSError as exc:
-            failed[fd] = exc
-            continue
-        try:
-            _run(s, fd, fd_steps)
-        except OSError as exc:
-            failed[fd] = exc
-        finally:
-            s.detach()
-    return failed
+def match(fd: int, options: List[Tuple[int, int, int]]) -> int:
+    """1 when ``fd`` reads back every ``(level, name, value)`` of ``options``
+    (SO_KEEPALIVE as on/off: the BSDs read back the option's flag bit), 0 when one
+    differs, -errno when a read fails (at the first option that differs or fails)."""
+    for level, name, value in options:
+        err, got = read(fd, [(level, name)])
+        if err:
+            return -err
+        if (level, name) == (socket.SOL_SOCKET, socket.SO_KEEPALIVE):
+            if bool(got[0]) != bool(value):
+                return 0
+        elif got[0] != value:
+            return 0
+    return 1
 
 
 # struct tcp_info of include/uapi/linux/tcp.h, up to tcpi_total_retrans (Linux 2.6.x on):
@@ -228,54 +113,28 @@ TCP_INFO_LAYOUT = struct.Struct("=8B24I")
 TCP_INFO = 11
 
 
-def parse_tcp_info(raw: bytes) -> TcpInfo:
-    """TcpInfo from the bytes of getsockopt(TCP_INFO); a shorter struct (older kernel)
-    leaves the fields it lacks at 0."""
+def parse_tcp_info(raw: bytes) -> Tuple[int, ...]:
+    """The fields tcp_info() returns, from the bytes of getsockopt(TCP_INFO); a shorter
+    struct (older kernel) leaves the fields it lacks at 0."""
     f = TCP_INFO_LAYOUT.unpack(raw[: TCP_INFO_LAYOUT.size].ljust(TCP_INFO_LAYOUT.size, b"\0"))
     u32 = f[8:]  # u32[k] is at byte offset 8 + 4k
-    state = TCP_STATES[f[0]] if f[0] < len(TCP_STATES) else f"UNKNOWN({f[0]})"
-    return TcpInfo(
-        state=state,
-        retransmits=f[2],
-        probes=f[3],
-        backoff=f[4],
-        rtt=u32[15] / 1e6,
-        rttvar=u32[16] / 1e6,
-        last_data_recv=u32[11] / 1e3,
-        last_data_sent=u32[9] / 1e3,
-        last_ack_recv=u32[12] / 1e3,
-        unacked=u32[4],
-        lost=u32[6],
-        total_retrans=u32[23],
-    )
+    return (f[0], f[2], f[3], f[4], u32[15], u32[16], u32[11], u32[9], u32[12], u32[4], u32[6], u32[23])
 
 
-def tcp_info(sock: object) -> TcpInfo:
-    """Linux TCP_INFO of ``sock``: state, retransmission and probe counters, times in
-    seconds. Raises NotImplementedError on other platforms, OSError from the kernel."""
-    if TABLE is not _platform.LINUX:
-        raise NotImplementedError(f"tcp_info reads Linux's TCP_INFO, which {TABLE.title} does not have")
-    fd = fd_of(sock)
-    s = _socket_for(sock, fd, "TCP_INFO")
+def tcp_info(fd: int) -> Tuple[int, Tuple[int, ...]]:
+    """Linux TCP_INFO of ``fd`` in the kernel's units: ``(0, (state, retransmits, probes,
+    backoff, rtt us, rttvar us, last_data_recv ms, last_data_sent ms, last_ack_recv ms,
+    unacked, lost, total_retrans))``, or ``(errno, ())``; ENOPROTOOPT off Linux."""
+    if _platform.CURRENT is not _platform.LINUX:
+        return errno.ENOPROTOOPT, ()
+    try:
+        s = _borrow(fd)
+    except OSError as exc:
+        return _errno(exc), ()
     try:
         raw = s.getsockopt(_platform.IPPROTO_TCP, TCP_INFO, TCP_INFO_LAYOUT.size)
     except OSError as exc:
-        raise keepalive_error(exc.errno or errno.EIO, fd, "TCP_INFO") from None
+        return _errno(exc), ()
     finally:
-        _release(sock, s)
-    return parse_tcp_info(raw)
-
-
-def is_alive(sock: object) -> bool:
-    """False once the peer sent FIN (even with data still unread) or RST, a keepalive or
-    user timeout fired, or an error is pending; True otherwise. Non-blocking; consumes
-    neither data nor the pending error. OSError(EBADF) for an fd that is not open."""
-    fd = fd_of(sock)
-    state = dead_states([fd])[0]
-    if state < 0:
-        raise keepalive_error(-state, fd, "poll")
-    return not state
-
-
-find_dead = find_dead_over(dead_states)
-create_server = create_server_over(set_keepalive)
+        s.detach()
+    return 0, parse_tcp_info(raw)

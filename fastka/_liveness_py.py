@@ -55,41 +55,23 @@ def peek(fd: int) -> int:
     return PEEK_DATA if data else PEEK_EOF
 
 
-def liveness(fd: int) -> Tuple[int, int]:
-    """(0, 0) while alive, else (Event, errno) saying why the connection is dead.
-
-    Uses poll(POLLIN | POLLRDHUP) with a zero timeout: no data is consumed. Raises
-    OSError(EBADF) when ``fd`` is not open.
-    """
-    p = select.poll()
-    p.register(fd, select.POLLIN | POLLRDHUP)
-    revents = 0
-    for _, revents in p.poll(0):
-        pass
-    if revents & select.POLLNVAL:
-        raise OSError(errno.EBADF, f"fd {fd}: {errno.errorcode[errno.EBADF]}: not an open file descriptor")
-    if revents & (select.POLLERR | select.POLLHUP):
-        err = pending_error(fd)
-        return (error_event(err), err) if err else (Event.PEER_CLOSED, 0)
-    if revents & POLLRDHUP:
-        return Event.PEER_CLOSED, 0
-    return 0, 0
-
-
-def dead_states(fds: List[int]) -> List[int]:
-    """For each of ``fds``: 1 dead, 0 alive, -EBADF not open; from one zero-timeout poll.
+def dead_states(fds: List[int]) -> List[Tuple[int, int]]:
+    """``[(position, state)]`` for each of ``fds`` that is dead (state 1, or fd -1: no
+    socket) or not open (state -EBADF), in order, from one zero-timeout poll; the live
+    ones are left out.
 
     Dead is what fastka.is_alive calls dead: the peer sent FIN or RST, a keepalive or
     user timeout fired, or an error is pending (POLLRDHUP, POLLHUP or POLLERR; where
     there is no POLLRDHUP, a readable socket whose peek is empty). Neither data nor the
     pending error is consumed. Mirrors fk_find_dead in src/liveness.c.
     """
+    polled = [fd for fd in fds if fd >= 0]
     if not hasattr(select, "poll"):  # Windows: select() in chunks under its FD_SETSIZE
-        by_fd = _dead_states_select(fds)
+        by_fd = _dead_states_select(polled)
     else:
         by_fd = {}
         p = select.poll()
-        for fd in fds:
+        for fd in polled:
             if fd not in by_fd:
                 p.register(fd, select.POLLIN | POLLRDHUP)
                 by_fd[fd] = 0
@@ -100,7 +82,7 @@ def dead_states(fds: List[int]) -> List[int]:
                 by_fd[fd] = 1
             elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
                 by_fd[fd] = 1
-    return [by_fd[fd] for fd in fds]
+    return [(i, 1 if fd < 0 else by_fd[fd]) for i, fd in enumerate(fds) if fd < 0 or by_fd[fd]]
 
 
 def _dead_states_select(fds: Iterable[int]) -> Dict[int, int]:

@@ -25,7 +25,7 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
 from libc.stdlib cimport free, malloc
 from posix.stat cimport fstat, struct_stat
 
-from fastka._ckeepalive cimport fk_keepalive, fk_keepalive_apply, fk_keepalive_matches
+from fastka._ckeepalive cimport fk_sockopt, fk_sockopt_apply, fk_sockopt_match
 from fastka._cmanager cimport (
     EPOLLRDHUP, FK_EV_ERROR, FK_EV_IDLE, FK_EV_MAX_LIFETIME, FK_EV_MAX_REQUESTS, FK_EV_NONE,
     FK_EV_PEER_CLOSED, FK_EV_READABLE, FK_EV_RESET, FK_EV_TIMED_OUT, FK_MAX_REQUESTS,
@@ -36,7 +36,6 @@ from fastka._cmanager cimport (
 )
 
 from . import _manager_common as common
-from ._config import native
 from ._errors import keepalive_error
 from ._fd import fd_of
 from ._types import Event
@@ -79,7 +78,9 @@ cdef class KeepaliveManager:
     cdef bint _open, _polling, _close
     cdef list _objs
     cdef object _clock, _keepalive
-    cdef fk_keepalive _ka
+    cdef fk_sockopt _ka[5]  # the keepalive config's plan: SO_KEEPALIVE and at most four TCP options
+    cdef size_t _ka_n
+    cdef list _ka_names
     cdef epoll_event *_evs
 
     def __cinit__(self):
@@ -94,8 +95,14 @@ cdef class KeepaliveManager:
         life_ms = common.timeout_ms("max_lifetime", max_lifetime)
         maxreq = common.requests(max_requests)
         self._keepalive = common.keepalive_config(keepalive)
-        if keepalive is not None:
-            self._ka.idle, self._ka.interval, self._ka.count, self._ka.user_timeout_ms = native(keepalive)
+        if keepalive is not None:  # the option calls of set_keepalive, from fastka/_platform.py
+            steps = keepalive._plan()
+            if len(steps) > 5:
+                raise RuntimeError(f"a keepalive plan of {len(steps)} options does not fit the manager")
+            self._ka_names = [name for name, _, _, _ in steps]
+            self._ka_n = len(steps)
+            for i, (_, level, number, value) in enumerate(steps):
+                self._ka[i].level, self._ka[i].name, self._ka[i].value = level, number, value
         self._close = bool(close)
         self._clock = None
         self._objs = []
@@ -181,7 +188,7 @@ cdef class KeepaliveManager:
         cdef int r
         cdef int64_t now
         cdef struct_stat st
-        cdef const char *failed = NULL
+        cdef size_t failed = 0
         self._check_open()
         if self._close:
             common.check_closable(sock)
@@ -202,10 +209,10 @@ cdef class KeepaliveManager:
             raise OSError(r, f"cannot add fd {fd}: {os.strerror(r)}")
         # Skipped where the socket carries the config already (inherited from a listener);
         # an unreadable socket is applied anyway, so it fails as set_keepalive fails.
-        if self._keepalive is not None and fk_keepalive_matches(fd, &self._ka) != 1:
-            r = fk_keepalive_apply(fd, &self._ka, &failed)
+        if self._keepalive is not None and fk_sockopt_match(fd, self._ka, self._ka_n) != 1:
+            r = fk_sockopt_apply(fd, self._ka, self._ka_n, &failed)
             if r < 0:
-                raise keepalive_error(-r, fd, failed.decode() if failed != NULL else "SO_KEEPALIVE")
+                raise keepalive_error(-r, fd, self._ka_names[failed])
         if fd >= len(self._objs):  # a new list of the exact size: no over-allocation
             self._objs = self._objs + [None] * ((fd // FK_SLOT_STEP + 1) * FK_SLOT_STEP - len(self._objs))
         r = fk_mgr_add(&self.m, fd, now)

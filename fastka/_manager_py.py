@@ -402,23 +402,10 @@ class KeepaliveManager:
 
     def _apply_keepalive(self, sock: Any, fd: int) -> None:
         """set_keepalive's plan, skipped where the socket carries the config already
-        (inherited from a listener); an unreadable socket fails as set_keepalive fails."""
-        from . import _keepalive_py
+        (inherited from a listener)."""
+        from . import _keepalive, _keepalive_py
 
-        cfg = self._keepalive
-        try:
-            st = _keepalive_py.get_keepalive(fd)
-        except OSError:
-            st = None
-        if not (
-            st is not None
-            and st.enabled
-            and st.idle == cfg.idle
-            and st.interval == cfg.interval
-            and st.count == cfg.count
-            and (cfg.user_timeout is None or st.user_timeout == cfg.user_timeout)
-        ):
-            _keepalive_py.set_keepalive(fd, cfg)
+        _keepalive.carry(_keepalive_py, fd, self._keepalive)
 
     def _lookup(self, sock: Any) -> _Conn:
         fd = fd_of(sock)

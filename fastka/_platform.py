@@ -1,9 +1,10 @@
 """Which socket option sets each keepalive field on each platform, and the limits there.
 
-The same table as src/platform.h (tests/test_platform.py checks that they agree on the
-platform running the tests, and checks every row here everywhere). The fallback backend
-applies keepalive through :func:`plan`; KeepaliveConfig validates against
-``CURRENT.limits``.
+The one copy of this table: both backends apply the option calls of :func:`plan` (the
+compiled core takes them as (level, option, value) triples and knows no option numbers),
+KeepaliveConfig validates against ``CURRENT.limits`` and gives the same calls as
+``socket_options()``; tests/test_platform.py checks every row everywhere and the README's
+table against them.
 
 Python lacks some of these constants (macOS' TCP_KEEPALIVE before 3.10, TCP_KEEPINTVL and
 TCP_KEEPCNT before 3.10, TCP_RXT_CONNDROPTIME; Windows' TCP_KEEPIDLE/TCP_KEEPINTVL before
@@ -14,6 +15,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -149,7 +151,6 @@ def _current() -> Platform:
 
 
 CURRENT: Platform = _current()
-LIMITS: Limits = CURRENT.limits
 
 
 def user_timeout_value(ms: int, table: Platform) -> int:
@@ -214,10 +215,39 @@ def plan(
     return steps
 
 
+def steps_for(fd: int, idle: int, interval: int, count: int, user_timeout_ms_: int) -> List[Step]:
+    """:func:`plan` on this platform for ``fd`` (-1: any fd, with every field given).
+
+    On Windows before 10 1709 a missing idle or interval is filled for ``fd`` (see
+    :func:`windows_fill`) and what is set is remembered. Raises OSError(ENOPROTOOPT) for a
+    user timeout the platform lacks (KeepaliveConfig refuses it first).
+    """
+    per_option = windows_per_option()
+    if not per_option:  # SIO_KEEPALIVE_VALS writes idle and interval together
+        idle, interval = windows_fill(fd, idle, interval)
+        windows_remember(fd, idle, interval)
+    return plan(CURRENT, idle, interval, count, user_timeout_ms_, per_option=per_option)
+
+
+def read_options(table: Platform) -> List[Tuple[str, int, int]]:
+    """(name, level, option) that get_keepalive reads, in order: SO_KEEPALIVE, idle,
+    interval, count, and the user timeout where the platform has one."""
+    fields = [table.idle, table.interval, table.count] + ([table.user_timeout] if table.user_timeout else [])
+    return [("SO_KEEPALIVE", SOL_SOCKET, SO_KEEPALIVE)] + [(o.name, IPPROTO_TCP, o.number) for o in fields]
+
+
+DISABLE: List[Step] = [("SO_KEEPALIVE", SOL_SOCKET, SO_KEEPALIVE, 0)]
+"""The option calls of disable_keepalive."""
+
 # Windows' SIO_KEEPALIVE_VALS zeroes what it is not given and cannot be read back, so
 # update_keepalive on that path fills the missing field from what fastka last set on the
-# socket (remembered per fd here, by both backends), else from the system defaults.
-_windows_last: Dict[int, Tuple[int, int]] = {}
+# socket, else from the system defaults. The rule that bounds it: an fd is remembered
+# from set/update_keepalive until disable_keepalive forgets it, and only the
+# WINDOWS_REMEMBERED fds configured most recently are kept (an older one falls back to
+# the system defaults), so a server that configures every connection it accepts does not
+# grow this without end. Only that Windows path remembers anything.
+WINDOWS_REMEMBERED = 4096
+_windows_last: "OrderedDict[int, Tuple[int, int]]" = OrderedDict()
 _windows_per_option: Optional[bool] = None
 
 
@@ -249,7 +279,19 @@ def windows_fill(fd: int, idle: int, interval: int) -> Tuple[int, int]:
 
 
 def windows_remember(fd: int, idle: int, interval: int) -> None:
+    """Remember what fastka set on ``fd`` (not for fd -1), dropping the oldest entry past
+    WINDOWS_REMEMBERED."""
+    if fd < 0:
+        return
     _windows_last[fd] = (idle, interval)
+    _windows_last.move_to_end(fd)
+    while len(_windows_last) > WINDOWS_REMEMBERED:
+        _windows_last.popitem(last=False)
+
+
+def windows_forget(fd: int) -> None:
+    """disable_keepalive: forget what fastka set on ``fd``."""
+    _windows_last.pop(fd, None)
 
 
 def read_system_defaults(table: Optional[Platform] = None) -> Tuple[int, int, int]:

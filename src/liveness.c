@@ -1,40 +1,12 @@
 /* Liveness of a connected stream socket from poll(2), recv(MSG_PEEK) and SO_ERROR; see
  * liveness.h. Windows uses WSAPoll, which has no POLLRDHUP: there a FIN shows as
  * POLLHUP only once both directions are shut, and fk_peek must be called only when
- * poll reported the socket readable (Windows has no MSG_DONTWAIT). */
+ * poll reported the socket readable (Windows has no MSG_DONTWAIT; see platform.h). */
 #include "liveness.h"
-
-#include <errno.h>
-
-#if defined(_WIN32)
-#include <winsock2.h>
-#define FK_SOCK(fd) ((SOCKET)(unsigned int)(fd))
-#define FK_ERRNO() WSAGetLastError()
-#define FK_EINTR WSAEINTR
-#define FK_WOULDBLOCK(e) ((e) == WSAEWOULDBLOCK)
-#define FK_EBADF WSAENOTSOCK
-#define poll(p, n, t) WSAPoll((p), (ULONG)(n), (t))
-#define MSG_DONTWAIT 0
-typedef int socklen_t;
-#else
-#include <poll.h>
-#include <sys/socket.h>
-#define FK_SOCK(fd) (fd)
-#define FK_ERRNO() errno
-#define FK_EINTR EINTR
-#define FK_WOULDBLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
-#define FK_EBADF EBADF
-#endif
+#include "platform.h"
 
 #if defined(__linux__)
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <string.h>
-#endif
-
-/* POLLRDHUP (peer shut its writing side) is Linux's; elsewhere a FIN is seen by peeking. */
-#ifndef POLLRDHUP
-#define POLLRDHUP 0
 #endif
 
 int fk_error_event(int err)
@@ -88,31 +60,6 @@ static int poll_now(struct pollfd *p, size_t n)
         err = rc < 0 ? FK_ERRNO() : 0;
     } while (rc < 0 && err == FK_EINTR);
     return rc < 0 ? -err : rc;
-}
-
-int fk_liveness(int fd, int *err)
-{
-    struct pollfd p;
-    int n;
-
-    p.fd = FK_SOCK(fd);
-    p.events = POLLIN | POLLRDHUP;
-    p.revents = 0;
-    *err = 0;
-    n = poll_now(&p, 1);
-    if (n < 0)
-        return n;
-    if (p.revents & POLLNVAL)
-        return -FK_EBADF;
-    if (p.revents & (POLLERR | POLLHUP)) {
-        *err = fk_pending_error(fd);
-        if (*err)
-            return fk_error_event(*err);
-        return FK_EV_PEER_CLOSED;
-    }
-    if (p.revents & POLLRDHUP)
-        return FK_EV_PEER_CLOSED;
-    return FK_EV_NONE;
 }
 
 /* poll(2) refuses more fds than RLIMIT_NOFILE; chunks keep every call well below it. */

@@ -20,12 +20,6 @@ enum fk_peek { FK_PEEK_EMPTY = 0, FK_PEEK_DATA = 1, FK_PEEK_EOF = 2 };
 /* FK_PEEK_EMPTY / FK_PEEK_DATA / FK_PEEK_EOF, or -errno when the recv fails. */
 int fk_peek(int fd);
 
-/* 0 (FK_EV_NONE) while the connection is alive, otherwise why it is dead:
- * FK_EV_PEER_CLOSED (FIN received, or not connected), FK_EV_RESET, FK_EV_TIMED_OUT or
- * FK_EV_ERROR, with the socket error in *err (0 for PEER_CLOSED). Unread data is left
- * in place. Returns -errno (e.g. -EBADF) when fd cannot be polled at all. */
-int fk_liveness(int fd, int *err);
-
 /* Whether each of fds[0..n) is dead in the sense of fastka.is_alive: the peer sent FIN
  * or RST, a keepalive or user timeout fired, or an error is pending (POLLRDHUP, POLLHUP or
  * POLLERR from one zero-timeout poll(2) per chunk of fds). Neither data nor the pending

@@ -339,6 +339,86 @@ def test_within(t, count, ut):
         assert o[1].idle + o[1].interval < float(t)
 
 
+# -- the compiled primitives against the Python ones (fastka/_keepalive.py's interface) --
+#
+# The public functions are written once over five primitives per backend; here the
+# compiled primitives meet the Python specification directly, on every kind of fd and on
+# option lists the plan never makes (unknown levels and options, out-of-range values).
+# Only harmless options are used: the keepalive ones and SO_RCVBUF.
+
+OPT_LEVELS = st.sampled_from([socket.SOL_SOCKET, socket.IPPROTO_TCP, socket.IPPROTO_IP, 9999, -1])
+OPT_NAMES = st.sampled_from([socket.SO_KEEPALIVE, socket.SO_RCVBUF, socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL,
+                             socket.TCP_KEEPCNT, getattr(socket, "TCP_USER_TIMEOUT", 18), 0, 9999, -5])
+OPT_VALUES = st.one_of(st.integers(-(2**31), 2**31 - 1), st.sampled_from([0, 1, 2, 127, 128, 32767, 32768, -1]))
+OPTIONS = st.lists(st.tuples(OPT_LEVELS, OPT_NAMES, OPT_VALUES), max_size=6)
+FD_KINDS = st.lists(st.sampled_from(["tcp", "udp", "unix", "pipe", "closed", "listener"]), max_size=6)
+POOL_FDS = st.lists(
+    st.sampled_from(["tcp client", "tcp server", "listener", "udp", "unix", "pipe fd", "file fd", "epoll",
+                     "/dev/null fd", "closed fd"]),
+    max_size=8,
+)
+
+
+def _fd(x):
+    return x if isinstance(x, int) else x.fileno()
+
+
+def _fresh(kinds, owned):
+    """One fresh fd per kind; ``owned`` collects what to close."""
+    fds = []
+    for kind in kinds:
+        if kind == "pipe":
+            r, w = os.pipe()
+            owned.extend([r, w])
+            fds.append(r)
+        elif kind == "closed":
+            fds.append(max(int(fd) for fd in os.listdir("/proc/self/fd")) + 512)
+        else:
+            s = {"tcp": lambda: socket.socket(), "udp": lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+                 "unix": lambda: socket.socket(socket.AF_UNIX), "listener": lambda: socket.create_server(("127.0.0.1", 0))}[kind]()
+            owned.append(s)
+            fds.append(s.fileno())
+    return fds
+
+
+def _close(owned):
+    for x in owned:
+        os.close(x) if isinstance(x, int) else x.close()
+
+
+@FUZZ
+@given(kinds=FD_KINDS, options=OPTIONS)
+def test_primitive_apply_and_read(kinds, options):
+    """apply on two identical sets of fresh fds gives the same failures, and the options
+    read back the same, whichever backend reads."""
+    prim_c, prim_py = C.keepalive, PY.keepalive
+    owned = []
+    try:
+        fds_c, fds_py = _fresh(kinds, owned), _fresh(kinds, owned)
+        fails_c, fails_py = prim_c.apply(fds_c, options), prim_py.apply(fds_py, options)
+        assert fails_c == fails_py
+        reads = [(level, name) for level, name, _ in options]
+        for fd_c, fd_py in zip(fds_c, fds_py):
+            assert prim_c.read(fd_c, reads) == prim_py.read(fd_py, reads) == prim_py.read(fd_c, reads)
+            assert prim_c.match(fd_c, options) == prim_py.match(fd_py, options) == prim_py.match(fd_c, options)
+    finally:
+        _close(owned)
+
+
+@FUZZ
+@given(names=POOL_FDS, options=OPTIONS)
+def test_primitive_read_match_dead_states_tcp_info(pool, names, options):
+    prim_c, prim_py = C.keepalive, PY.keepalive
+    fds = [_fd(pool[n]) for n in names]
+    reads = [(level, name) for level, name, _ in options]
+    for fd in fds:
+        assert prim_c.read(fd, reads) == prim_py.read(fd, reads)
+        assert prim_c.match(fd, options) == prim_py.match(fd, options)
+        (err_c, info_c), (err_py, info_py) = prim_c.tcp_info(fd), prim_py.tcp_info(fd)
+        assert err_c == err_py and info_c[:4] == info_py[:4] and info_c[9:] == info_py[9:]  # not the clocks
+    assert prim_c.dead_states(fds) == prim_py.dead_states(fds)
+
+
 MANAGER_KW = st.dictionaries(
     st.sampled_from(["idle_timeout", "max_requests", "max_lifetime", "keepalive", "close", "watch_readable"]),
     st.one_of(NUMBERS, st.just(fastka.KeepaliveConfig()), st.just("config"), st.just(object())),

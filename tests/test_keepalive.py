@@ -314,45 +314,38 @@ def test_many_validates_the_config_before_any_call(backend, tcp):
     assert kernel(tcp)[0] == 0
 
 
-# -- the C core's contract with the manager ---------------------------------------------
+# -- the primitives' contract with the manager -------------------------------------------
 
 
-def test_c_core_matches_reports_what_the_kernel_carries(tcp, listener):
-    """fk_keepalive_matches (src/keepalive.h), which KeepaliveManager.add uses to skip
-    sockets that already carry its config (e.g. inherited from the listener)."""
-    import ctypes
-
-    try:
-        import fastka._keepalive_c as compiled
-    except ImportError:
-        pytest.skip("compiled backend not built")
-
-    class FkKeepalive(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_int) for n in ("idle", "interval", "count", "user_timeout_ms")]
-
-    core = ctypes.CDLL(compiled.__file__)
-    matches = core.fk_keepalive_matches
-    matches.argtypes = [ctypes.c_int, ctypes.POINTER(FkKeepalive)]
-    cfg = FkKeepalive(42, 6, 3, 9000)
-    assert matches(tcp.fileno(), ctypes.byref(cfg)) == 0  # keepalive off
+def test_match_reports_what_the_kernel_carries(backend, tcp, listener):
+    """match (fk_sockopt_match in src/sockopt.h for the compiled backend), which
+    KeepaliveManager.add uses over its config's plan to skip sockets that already carry
+    it (e.g. inherited from the listener)."""
+    match = backend.keepalive.match
+    cfg = KeepaliveConfig(idle=42, interval=6, count=3, user_timeout=9)
+    opts = cfg.socket_options()
+    assert match(tcp.fileno(), opts) == 0  # keepalive off
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     tcp.setsockopt(TCP, socket.TCP_KEEPIDLE, 42)
     tcp.setsockopt(TCP, socket.TCP_KEEPINTVL, 6)
     tcp.setsockopt(TCP, socket.TCP_KEEPCNT, 3)
-    assert matches(tcp.fileno(), ctypes.byref(cfg)) == 0  # user timeout differs
+    assert match(tcp.fileno(), opts) == 0  # user timeout differs
     tcp.setsockopt(TCP, socket.TCP_USER_TIMEOUT, 9000)
-    assert matches(tcp.fileno(), ctypes.byref(cfg)) == 1
-    assert matches(tcp.fileno(), ctypes.byref(FkKeepalive(42, 6, 3, -1))) == 1  # None: not compared
-    assert matches(tcp.fileno(), ctypes.byref(FkKeepalive(42, 6, 4, -1))) == 0
+    assert match(tcp.fileno(), opts) == 1
+    assert match(tcp.fileno(), cfg.replace(user_timeout=None).socket_options()) == 1  # None: not compared
+    assert match(tcp.fileno(), cfg.replace(user_timeout=None, count=4).socket_options()) == 0
+    assert match(tcp.fileno(), [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 8)]) == 1  # on/off, as the BSDs read back
+    assert match(tcp.fileno(), []) == 1
     # an accepted connection inherits the listener's values: the manager need not touch it
-    compiled.set_keepalive(listener, idle=42, interval=6, count=3, user_timeout=9)
+    backend.set_keepalive(listener, cfg)
     with socket.create_connection(listener.getsockname()):
         accepted, _ = listener.accept()
         with accepted:
-            assert matches(accepted.fileno(), ctypes.byref(cfg)) == 1
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with udp:
-        assert matches(udp.fileno(), ctypes.byref(cfg)) == -errno.EOPNOTSUPP
+            assert match(accepted.fileno(), opts) == 1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        assert match(udp.fileno(), opts) == 0  # SO_KEEPALIVE reads back off: differs first
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        assert match(udp.fileno(), opts) == -errno.EOPNOTSUPP  # then a TCP option cannot be read
 
 
 # -- any valid config reaches the kernel as validated ---------------------------------
@@ -406,6 +399,10 @@ def test_user_timeout_is_converted_to_ms_once(backend, tcp):
     with socket.socket() as other:
         assert backend.set_keepalive_many([other], cfg) == {}
         assert kernel(other)[4] == 2007
+    with socket.socket() as added, backend.KeepaliveManager(keepalive=cfg, close=False) as manager:
+        manager.add(added)  # the manager applies the same plan (2008 ms on the compiled one before)
+        assert kernel(added)[4] == 2007
+        manager.remove(added)
 
 
 # -- create_server ---------------------------------------------------------------------
@@ -447,3 +444,23 @@ def test_create_server_closes_the_socket_when_keepalive_fails(backend, tmp_path)
     with pytest.raises(OSError) as info:
         backend.create_server(str(tmp_path / "sock"), family=socket.AF_UNIX)
     assert "is not a TCP socket (it is Unix stream)" in str(info.value)
+
+
+# -- one API, visible signatures ---------------------------------------------------------
+
+
+def test_every_public_function_has_the_same_signature_on_both_backends(backend):
+    import inspect
+
+    from fastka import _keepalive
+    from fastka._compat import load
+
+    reference = load("python")
+    for name in _keepalive.PUBLIC:
+        fn = getattr(backend, name)
+        assert inspect.signature(fn) == inspect.signature(getattr(reference, name)), name
+        assert fn.__module__ == "fastka" and fn.__doc__, name
+    for method in ("add", "remove", "touch", "poll", "fileno", "next_deadline", "close"):
+        inspect.signature(getattr(backend.KeepaliveManager, method))  # compiled too (binding=True)
+    assert list(inspect.signature(backend.set_keepalive).parameters) == [
+        "sock", "config", "idle", "interval", "count", "user_timeout"]

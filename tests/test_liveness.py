@@ -129,14 +129,13 @@ def test_unconnected_socket_is_dead_and_listener_alive(backend, listener):
 
 
 def test_both_backends_read_the_same_tcp_info(tcp_pair):
-    try:
-        from fastka import _keepalive_c
-    except ImportError:
-        pytest.skip("compiled backend not built")
+    from conftest import Backend
+
+    c, py = Backend("c"), Backend("python")
     client, server = tcp_pair
     client.sendall(b"x" * 1000)
     server.recv(1000)
-    a, b = _keepalive_c.tcp_info(client), _keepalive_py.tcp_info(client)
+    a, b = c.tcp_info(client), py.tcp_info(client)
     assert (a.state, a.retransmits, a.probes, a.backoff, a.unacked, a.lost, a.total_retrans) == (
         b.state, b.retransmits, b.probes, b.backoff, b.unacked, b.lost, b.total_retrans)
     assert abs(a.rtt - b.rtt) < 0.01 and abs(a.last_data_sent - b.last_data_sent) < 0.5
@@ -147,20 +146,39 @@ def test_parse_tcp_info_layout_and_short_structs():
     raw[0], raw[2], raw[3], raw[4] = 1, 2, 3, 4  # state, retransmits, probes, backoff
     for offset, value in ((24, 5), (32, 6), (44, 7000), (52, 8000), (56, 9000), (68, 250), (72, 125), (100, 11)):
         struct.pack_into("=I", raw, offset, value)
-    info = _keepalive_py.parse_tcp_info(bytes(raw))
+    # (state, retransmits, probes, backoff, rtt us, rttvar us, last_data_recv ms,
+    #  last_data_sent ms, last_ack_recv ms, unacked, lost, total_retrans): as the C core fills it
+    assert _keepalive_py.parse_tcp_info(bytes(raw)) == (1, 2, 3, 4, 250, 125, 8000, 7000, 9000, 5, 6, 11)
+    short = _keepalive_py.parse_tcp_info(bytes(raw[:60]))  # an older kernel's shorter struct
+    assert short == (1, 2, 3, 4, 0, 0, 8000, 7000, 9000, 5, 6, 0)
+
+
+class FakeTcpInfo:
+    """Primitives whose tcp_info returns fixed kernel fields."""
+
+    def __init__(self, fields):
+        self.fields = fields
+
+    def tcp_info(self, fd):
+        return 0, self.fields
+
+
+def test_tcp_info_units_and_unknown_states():
+    from fastka import _keepalive
+
+    info = _keepalive.bind(FakeTcpInfo((1, 2, 3, 4, 250, 125, 8000, 7000, 9000, 5, 6, 11)))["tcp_info"](5)
     assert info.state == "ESTABLISHED"
     assert (info.retransmits, info.probes, info.backoff, info.unacked, info.lost, info.total_retrans) == (2, 3, 4, 5, 6, 11)
-    assert (info.last_data_sent, info.last_data_recv, info.last_ack_recv) == (7.0, 8.0, 9.0)
-    assert (info.rtt, info.rttvar) == (0.00025, 0.000125)
-    short = _keepalive_py.parse_tcp_info(bytes(raw[:60]))  # an older kernel's shorter struct
-    assert short.total_retrans == 0 and short.rtt == 0.0 and short.last_ack_recv == 9.0
-    assert _keepalive_py.parse_tcp_info(bytes([99]) + bytes(103)).state == "UNKNOWN(99)"
+    assert (info.last_data_sent, info.last_data_recv, info.last_ack_recv) == (7.0, 8.0, 9.0)  # seconds, from ms
+    assert (info.rtt, info.rttvar) == (0.00025, 0.000125)  # seconds, from us
+    unknown = _keepalive.bind(FakeTcpInfo((99,) + (0,) * 11))["tcp_info"](5)
+    assert unknown.state == "UNKNOWN(99)"
 
 
-def test_tcp_info_elsewhere_names_the_platform(monkeypatch, tcp_pair):
-    monkeypatch.setattr(_keepalive_py, "TABLE", _platform.DARWIN)
+def test_tcp_info_elsewhere_names_the_platform(backend, monkeypatch, tcp_pair):
+    monkeypatch.setattr(_platform, "CURRENT", _platform.DARWIN)
     with pytest.raises(NotImplementedError, match="which macOS does not have"):
-        _keepalive_py.tcp_info(tcp_pair[0])
+        backend.tcp_info(tcp_pair[0])
 
 
 # -- find_dead(socks, *, key=None): pools, closed members, concurrent mutation ---------

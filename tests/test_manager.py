@@ -427,9 +427,9 @@ def test_keepalive_inherited_from_listener_is_kept(mgr_factory, backend, monkeyp
             from fastka import _keepalive_py
 
             def refuse(*a, **k):
-                raise AssertionError("set_keepalive called on an inherited config")
+                raise AssertionError("keepalive applied over an inherited config")
 
-            monkeypatch.setattr(_keepalive_py, "set_keepalive", refuse)
+            monkeypatch.setattr(_keepalive_py, "apply", refuse)
         m = mgr_factory(keepalive=cfg)
         m.add(s)
         st = backend.get_keepalive(s)

@@ -92,7 +92,7 @@ def test_sdist_carries_the_sources_the_tests_and_no_build_products(checkout, sdi
         top = tf.getnames()[0].split("/")[0]
         names = {n[len(top) + 1:] for n in tf.getnames() if n.startswith(top + "/")}
     expected = {f for f in files if SHIPPED.fullmatch(f)}
-    assert {"fastka/_keepalive_c.pyx", "fastka/_ckeepalive.pxd", "src/keepalive.c", "src/keepalive.h",
+    assert {"fastka/_keepalive_c.pyx", "fastka/_ckeepalive.pxd", "src/sockopt.c", "src/sockopt.h",
             "tests/conftest.py", "setup.py", "pyproject.toml"} <= expected
     assert sorted(expected - names) == []
     assert sorted(n for n in names if NEVER_SHIPPED.fullmatch(n)) == []

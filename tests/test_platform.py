@@ -1,4 +1,5 @@
-"""The per-platform option mapping and limits (fastka/_platform.py, src/platform.h).
+"""The per-platform option mapping and limits (fastka/_platform.py, their one copy: the C
+core applies the plan it is given and knows no option numbers).
 
 Only Linux runs the real calls here; these tests check every row of every platform's
 table everywhere, by asking for the option calls (``plan``) and by validating configs
@@ -10,11 +11,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections import OrderedDict
 
 import pytest
 
 from fastka import KeepaliveConfig
-from fastka import _keepalive_py, _platform
+from fastka import _keepalive, _platform
 from fastka._platform import DARWIN, FREEBSD, LINUX, SUNOS, WINDOWS, plan
 
 TCP = 6
@@ -94,28 +96,27 @@ def test_windows_legacy_ioctl_writes_idle_and_interval_in_ms():
     ]
 
 
-def test_windows_legacy_count_is_asked_for_not_ignored():
+def test_windows_legacy_count_is_asked_for_not_ignored(monkeypatch):
     steps = plan(WINDOWS, 60, 10, 5, -1, per_option=False)
     assert steps[2] == ("TCP_KEEPCNT", TCP, 16, 5)  # fails before 1703: an error, not ignored
+    calls = []
 
-    class OldWindowsSocket:
-        def __init__(self):
-            self.calls = []
+    class OldWindows:
+        """Primitives of a Windows before 1703, where TCP_KEEPCNT does not exist."""
 
-        def ioctl(self, code, value):
-            self.calls.append(("ioctl", code, value))
+        @staticmethod
+        def apply(fds, options):
+            calls.extend(("setsockopt",) + o for o in options)
+            return [(0, errno.ENOPROTOOPT, 0)] if options[0][1] == 16 else []
 
-        def setsockopt(self, level, number, value):
-            if number == 16:
-                raise OSError(errno.ENOPROTOOPT, "Protocol not available")
-            self.calls.append(("setsockopt", level, number, value))
+    def ioctl(fd, value):
+        calls.append(("ioctl", fd, value))
+        return 0
 
-    fake = OldWindowsSocket()
-    with pytest.raises(OSError) as info:
-        _keepalive_py._run(fake, 7, steps)  # type: ignore[arg-type]
-    assert info.value.errno == errno.ENOPROTOOPT and "TCP_KEEPCNT" in str(info.value) and "fd 7" in str(info.value)
-    assert fake.calls == [("setsockopt", socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-                          ("ioctl", _platform.SIO_KEEPALIVE_VALS, (1, 60_000, 10_000))]
+    monkeypatch.setattr(_keepalive, "_ioctl", ioctl)
+    assert _keepalive.run(OldWindows, [7], steps) == [(0, errno.ENOPROTOOPT, "TCP_KEEPCNT")]
+    assert calls == [("setsockopt", socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1), ("ioctl", 7, (1, 60_000, 10_000)),
+                     ("setsockopt", TCP, 16, 5)]
 
 
 def test_windows_legacy_needs_both_fields():
@@ -124,13 +125,41 @@ def test_windows_legacy_needs_both_fields():
 
 
 def test_windows_update_fills_from_last_set_then_system_defaults(monkeypatch):
-    monkeypatch.setattr(_platform, "_windows_last", {})
+    monkeypatch.setattr(_platform, "_windows_last", OrderedDict())
     monkeypatch.setattr(_platform, "read_system_defaults", lambda table=None: (7200, 1, 10))
     assert _platform.windows_fill(5, 30, -1) == (30, 1)  # never set by fastka: system default
     _platform.windows_remember(5, 30, 4)
     assert _platform.windows_fill(5, -1, -1) == (30, 4)  # what fastka last set
     assert _platform.windows_fill(5, -1, 9) == (30, 9)
     assert _platform.windows_fill(6, -1, -1) == (7200, 1)
+
+
+def test_windows_memory_is_bounded_and_forgotten_on_disable(monkeypatch):
+    """The rule of _platform._windows_last: the WINDOWS_REMEMBERED fds set most recently,
+    each until disable_keepalive forgets it; never one entry per fd ever configured."""
+    monkeypatch.setattr(_platform, "_windows_last", OrderedDict())
+    monkeypatch.setattr(_platform, "WINDOWS_REMEMBERED", 100)
+    monkeypatch.setattr(_platform, "read_system_defaults", lambda table=None: (7200, 1, 10))
+    for fd in range(1000):
+        _platform.windows_remember(fd, 30, 4)
+    assert len(_platform._windows_last) == 100 and list(_platform._windows_last)[0] == 900
+    _platform.windows_remember(900, 31, 5)  # set again: the most recent now
+    _platform.windows_remember(5000, 32, 6)
+    assert 900 in _platform._windows_last and 901 not in _platform._windows_last
+    assert _platform.windows_fill(901, -1, -1) == (7200, 1)  # forgotten: the system defaults
+    _platform.windows_forget(900)
+    _platform.windows_forget(12345)  # never set: nothing to do
+    assert _platform.windows_fill(900, -1, -1) == (7200, 1) and len(_platform._windows_last) == 99
+    _platform.windows_remember(-1, 1, 1)  # "any fd": nothing to remember
+    assert -1 not in _platform._windows_last
+
+
+def test_disable_keepalive_forgets_the_fd(backend, monkeypatch):
+    monkeypatch.setattr(_platform, "_windows_last", OrderedDict([(3, (30, 4))]))
+    with socket.socket() as s:
+        monkeypatch.setitem(_platform._windows_last, s.fileno(), (30, 4))
+        backend.disable_keepalive(s)
+        assert s.fileno() not in _platform._windows_last and 3 in _platform._windows_last
 
 
 def test_update_sets_only_the_given_fields_everywhere():
@@ -222,23 +251,3 @@ def test_python_constants_agree_where_python_has_them():
             assert getattr(socket, option.name) == option.number, option.name
     if _platform.CURRENT is LINUX:
         assert socket.TCP_KEEPIDLE == 4 and socket.TCP_USER_TIMEOUT == 18
-
-
-def test_compiled_table_agrees_with_python():
-    try:
-        from fastka import _keepalive_c
-    except ImportError as exc:
-        if os.environ.get("FASTKA_REQUIRE_EXTENSION"):
-            raise
-        pytest.skip(f"compiled backend not built: {exc}")
-    t = _platform.CURRENT
-    assert _keepalive_c.PLATFORM == {
-        "name": t.name,
-        "idle_option": (t.idle.name, t.idle.number),
-        "interval_option": t.interval.number,
-        "count_option": t.count.number,
-        "idle": t.limits.idle,
-        "interval": t.limits.interval,
-        "count": t.limits.count,
-        "user_timeout_ms_max": t.limits.user_timeout_ms[1] if t.limits.user_timeout_ms else 0,
-    }
