@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 
-_FD_MAX = 0x7FFFFFFF
+_FD_MAX = 0x7FFFFFFF  # INT_MAX: the C core takes fds as int
 
 
 def fd_of(sock: object, name: str = "sock", *, closed_ok: bool = False) -> int:

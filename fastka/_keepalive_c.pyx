@@ -17,10 +17,10 @@ from fastka._ckeepalive cimport (
     fk_tcp_info,
 )
 
-from ._fd import fd_of
+from ._fd import _FD_MAX as FD_MAX, fd_of
 
 cdef object _SOCKET = socket.socket
-cdef long _FD_MAX = 0x7FFFFFFF
+cdef long _FD_MAX = FD_MAX
 
 
 def fds(list members, str label, bint closed_ok=False):
