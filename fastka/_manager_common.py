@@ -1,7 +1,7 @@
 """What both KeepaliveManager backends share: argument checks, unit conversion and the
 closing of dropped objects. Each unit conversion is written once, here:
 
-* ``timeout_ms``: idle_timeout / max_lifetime seconds -> whole milliseconds, rounded up;
+* ``timeout_ms``: idle_timeout / max_lifetime seconds -> a span of the managers' clock;
 * ``poll_timeout_ms``: poll()'s timeout seconds -> whole milliseconds, rounded up.
 
 The keepalive config's own units (user_timeout) belong to ``fastka._config``; the
@@ -27,15 +27,18 @@ GRACEFUL = (Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME)  # closed with a
 
 
 def timeout_ms(name: str, value: object) -> Optional[int]:
-    """A timeout in seconds (0 < value <= MAX_TIMEOUT, or None) as whole milliseconds,
-    rounded up. TypeError for a non-number, ValueError outside the range."""
+    """A timeout in seconds (0 < value <= MAX_TIMEOUT, or None) as a span of the managers'
+    clock, which counts whole milliseconds rounded down: the seconds rounded up to whole
+    milliseconds, plus the one millisecond that a reading rounded down can hide, so that a
+    deadline is never early (at most 1 ms late). TypeError for a non-number, ValueError
+    outside the range."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds (int or float) or None, not {type(value).__name__}: {value!r}")
     if not (value > 0 and value <= MAX_TIMEOUT):  # also rejects NaN; no float() of a huge int
         raise ValueError(f"{name}={value!r} must be seconds > 0 and <= {MAX_TIMEOUT:.0e} (about 31 years), or None for never")
-    return max(1, math.ceil(float(value) * 1000))
+    return math.ceil(float(value) * 1000) + 1
 
 
 def poll_timeout_ms(timeout: object) -> Optional[int]:

@@ -59,10 +59,29 @@ def test_touched_survives_untouched_idles(mgr_factory, listener):
         c2.settimeout(2)
         assert c2.recv(10) == b""  # the peer sees a FIN
         assert s1 in m and s2 not in m
-        assert m.next_deadline() == pytest.approx(5.0)
+        assert m.next_deadline() == pytest.approx(5.001)  # deadlines carry one clock ms
     finally:
         for s in (c1, s1, c2, s2):
             s.close()
+
+
+def test_idle_never_expires_early_within_a_clock_millisecond(mgr_factory, listener):
+    """The clock counts whole milliseconds rounded down: a touch at 0.9 ms past a
+    millisecond must not expire 0.5 ms before idle_timeout has passed."""
+    m = mgr_factory(1.0)
+    clock = FakeClock()
+    clock.t = 1000.0009
+    m._set_clock(clock)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        clock.t = 1000.0009 + 1.0 - 0.0005
+        assert m.poll(0) == []
+        clock.t = 1000.0009 + 1.0 + 0.0011
+        assert m.poll(0) == [(s, Event.IDLE)]
+    finally:
+        c.close()
+        s.close()
 
 
 def test_max_requests_reported_on_next_poll(mgr_factory, listener):
@@ -299,7 +318,7 @@ def test_range_boundaries_accepted(mgr_factory, listener):
     m = mgr_factory(1e9, max_lifetime=10**9, max_requests=2**29 - 1)
     c, s = pair(listener)
     m.add(s)
-    assert 1e9 - 5 < m.next_deadline() <= 1e9
+    assert 1e9 - 5 < m.next_deadline() <= 1e9 + 0.001
     assert m.poll(0) == []
     m.touch(s)
     c.send(b"x")
