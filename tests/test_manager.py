@@ -111,7 +111,9 @@ def test_max_lifetime(mgr_factory, listener):
         clock.t += 4
         m.touch(s)
         assert m.poll(0) == []
-        clock.t += 1
+        clock.t += 1  # exactly max_lifetime: not yet, a deadline carries one clock ms
+        assert m.poll(0) == []
+        clock.t += 0.001
         assert m.poll(0) == [(s, Event.MAX_LIFETIME)]
     finally:
         c.close()
