@@ -58,7 +58,7 @@ try:
     import httptools
 except ImportError:  # run() says what to install
     httptools = None
-from .._manager_py import MAX_TIMEOUT
+from .._manager_common import MAX_TIMEOUT
 from .._types import Event
 from ._args import integer, seconds
 
