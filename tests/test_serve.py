@@ -90,6 +90,15 @@ def need(binary: str) -> str:
     return path
 
 
+def run_tool(cmd: list, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for a client binary (curl, ab, wrk, ss, prlimit), without LD_PRELOAD:
+    tools/sanitize preloads the ASan runtime for the Python processes (the server needs it),
+    and an uninstrumented curl with that runtime preloaded deadlocks on glibc's setlocale
+    lock at startup before it sends anything."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return subprocess.run(cmd, env=env, **kwargs)
+
+
 def read_until_eof(sock: socket.socket) -> bytes:
     data = b""
     while True:
@@ -113,7 +122,7 @@ def responses(data: bytes) -> list:
 def test_curl_reuses_the_connection(serve):
     curl = need("curl")
     s = serve()
-    r = subprocess.run([curl, "-sv", "--write-out", "connects=%{num_connects}\\n", f"{s.url}/", f"{s.url}/status"],
+    r = run_tool([curl, "-sv", "--write-out", "connects=%{num_connects}\\n", f"{s.url}/", f"{s.url}/status"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert re.search(r"Re-using existing connection|Reusing existing", r.stderr), r.stderr
@@ -125,7 +134,7 @@ def test_curl_reuses_the_connection(serve):
 def test_ab_keepalive(serve):
     ab = need("ab")
     s = serve()
-    r = subprocess.run([ab, "-k", "-n", "2000", "-c", "20", f"{s.url}/"], capture_output=True, text=True, timeout=60)
+    r = run_tool([ab, "-k", "-n", "2000", "-c", "20", f"{s.url}/"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert re.search(r"Failed requests:\s+0\b", r.stdout), r.stdout
     assert re.search(r"Keep-Alive requests:\s+2000\b", r.stdout), r.stdout
@@ -136,7 +145,7 @@ def test_ab_keepalive(serve):
 def test_wrk_short_run(serve):
     wrk = need("wrk")
     s = serve()
-    r = subprocess.run([wrk, "-t", "2", "-c", "50", "-d", "2s", f"{s.url}/"], capture_output=True, text=True, timeout=60)
+    r = run_tool([wrk, "-t", "2", "-c", "50", "-d", "2s", f"{s.url}/"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     m = re.search(r"(\d+) requests in", r.stdout)
     assert m and int(m.group(1)) > 0, r.stdout
@@ -310,7 +319,7 @@ def test_tcp_keepalive_on_listener(serve):
     with s.connect() as c:
         c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c.recv(4096).startswith(b"HTTP/1.1 200")
-        out = subprocess.run([ss, "-tnoH", "state", "established", f"( sport = :{s.port} )"],
+        out = run_tool([ss, "-tnoH", "state", "established", f"( sport = :{s.port} )"],
                              capture_output=True, text=True, timeout=30).stdout
     m = re.search(r"timer:\(keepalive,(\d+)sec", out)
     assert m and 25 <= int(m.group(1)) <= 30, out
@@ -332,7 +341,7 @@ def test_out_of_fds_pauses_accept_and_recovers(serve):
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
+    run_tool([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
 
     def cpu_ticks() -> int:
         with open(f"/proc/{s.proc.pid}/stat") as f:
@@ -349,7 +358,7 @@ def test_out_of_fds_pauses_accept_and_recovers(serve):
     finally:
         for c in extra:
             c.close()
-    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
+    run_tool([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
     time.sleep(0.3)
     st = s.status()
     assert st["requests"] == 1 and st["accepted"] >= 2
@@ -544,14 +553,14 @@ def test_out_of_fds_logs_once_per_period(serve):
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
+    run_tool([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
     extra = [s.connect() for _ in range(30)]
     try:
         time.sleep(2.0)
     finally:
         for c in extra:
             c.close()
-    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
+    run_tool([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
     s.stop()
     lines = [line for line in s.err.splitlines() if "accept" in line]
     assert len(lines) == 1, lines
@@ -721,3 +730,4 @@ def test_hot_path_limits():
     assert serve_c.answer(one, 100, 0, b"H", b"T", b"") is None
     assert serve_c.answer(b"GET / HTTP/1.1\r\n\r\n" * 513, 100, 10**6, b"", b"", b"") is None  # over one batch
     assert serve_c.answer(b"", 100, 5, b"H", b"T", b"B") is None
+
