@@ -731,3 +731,38 @@ def test_hot_path_limits():
     assert serve_c.answer(b"GET / HTTP/1.1\r\n\r\n" * 513, 100, 10**6, b"", b"", b"") is None  # over one batch
     assert serve_c.answer(b"", 100, 5, b"H", b"T", b"B") is None
 
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_end_when_the_supervisor_is_killed(serve):
+    """SIGKILL to the supervisor (no chance to stop anything): its workers notice
+    (PR_SET_PDEATHSIG), close their connections and the listener, and exit."""
+    s = serve("--workers", "2")
+    pids = children(s.proc.pid)
+    assert len(pids) == 2
+    try:
+        with s.connect() as c:
+            c.sendall(REQ)
+            assert c.recv(4096).startswith(OK)
+            s.proc.kill()
+            s.proc.wait(timeout=10)
+            assert c.recv(4096) == b""  # the worker's FIN
+        deadline = time.monotonic() + 5
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in pids), pids
+        with socket.socket() as probe:  # nobody listens on the port any more
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", s.port))
+            probe.listen(1)
+    finally:
+        for p in pids:  # orphans would also hold the fixture's pipes open
+            if alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -33,11 +33,13 @@ parsed by httptools (the ``serve`` extra); keep-alive follows RFC 9112 section 9
   its FIN (at most LINGER seconds), so that a response is never lost to a reset.
 - SIGINT/SIGTERM: stop accepting, finish responses in flight, close the rest with a FIN.
 - ``--workers N``: N processes accept on the same port (SO_REUSEPORT), each with its own
-  manager; a supervisor restarts a worker that dies and forwards SIGINT/SIGTERM.
+  manager; a supervisor restarts a worker that dies and forwards SIGINT/SIGTERM. A worker
+  stops gracefully when the supervisor dies, even by SIGKILL (Linux).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import json
 import mmap
@@ -73,6 +75,7 @@ PARSER_POOL = 256  # idle parsers kept for reuse
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 MAX_WORKERS = 256
 RESTART_PAUSE = 1.0  # seconds a worker slot waits before it is restarted again
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 BODY = b"Hello from fastka\n"
 SERVER = "fastka"
 EXTRA_HINT = "fastka serve needs httptools: pip install 'fastka[serve]'"
@@ -200,6 +203,20 @@ class Stats:
         return sum(self.read(w)[field] for w in range(self.workers))
 
 
+def _end_with_parent(parent: int) -> None:
+    """In a worker: get SIGTERM (a graceful stop) when the supervisor ``parent`` dies, even
+    by SIGKILL (Linux PR_SET_PDEATHSIG, prctl(2)); exit now if it died already. Elsewhere a
+    worker outlives a killed supervisor."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if os.getppid() != parent:  # died between fork() and prctl(): no signal will come
+        os._exit(0)
+
+
 class Supervisor:
     """Starts ``workers`` processes that each listen on the port with SO_REUSEPORT,
     restarts one that dies (at most once per RESTART_PAUSE seconds per slot), and on
@@ -246,6 +263,7 @@ class Supervisor:
         self._started[slot] = time.monotonic()
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -253,6 +271,7 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
+                _end_with_parent(parent)
                 for s in (self._hold, *self._wake):
                     s.close()
                 try:
