@@ -73,7 +73,6 @@ OUT_HIGH = 65536  # bytes of unsent output above which a connection is not read
 OUT_TOTAL = 16 * 1024 * 1024  # bytes of unsent output (all connections) above which none with output is read
 PARSER_POOL = 256  # idle parsers kept for reuse
 TICK = 0.01  # seconds of accepting and reading one loop iteration may take before the manager is polled again
-BATCH = 64  # accepts or reads between two looks at the clock
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 MAX_WORKERS = 256
 RESTART_PAUSE = 1.0  # seconds a worker slot waits before it is restarted again
@@ -841,13 +840,9 @@ class Server:
     # -- the loop -------------------------------------------------------------------------
 
     def _accept(self, until: float) -> None:
-        """Accept what is queued, until the loop iteration's budget ends at ``until``
-        (monotonic seconds; checked every BATCH connections)."""
-        n = 0
-        while True:
-            n += 1
-            if n % BATCH == 0 and time.monotonic() >= until:
-                return  # the listener stays readable: the next iteration goes on
+        """Accept what is queued until the loop iteration's budget ends at ``until``
+        (monotonic seconds); the listener stays readable for the next iteration."""
+        while time.monotonic() < until:
             try:
                 sock, _addr = self.listener.accept()
             except BlockingIOError:
@@ -956,7 +951,7 @@ class Server:
             for key, _ in ready:
                 tag = key.data
                 if tag == "accept":
-                    self._accept(until)
+                    self._accept(until - TICK / 2)  # the other half is for reading
                 elif tag == "manager":
                     pass
                 elif tag == "signal":
@@ -983,15 +978,11 @@ class Server:
             # the next poll near, so a flood of accepts and requests delays no FIN by more
             # than about TICK. A READABLE left unhandled when the budget runs out is
             # reported again by the next poll (the manager's epoll is level-triggered).
-            n, over = 0, False
             for c, ev in mgr.poll(0):
                 if ev != Event.READABLE:
                     self._count(Event(ev).name)
-                elif not over and not c.gone:
+                elif not c.gone and time.monotonic() < until:
                     self._on_readable(c)
-                    n += 1
-                    if n % BATCH == 0:
-                        over = time.monotonic() >= until
             self._expire(time.monotonic())
 
     def close(self) -> None:
