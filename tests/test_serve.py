@@ -766,3 +766,28 @@ def test_workers_end_when_the_supervisor_is_killed(serve):
         for p in pids:  # orphans would also hold the fixture's pipes open
             if alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_request_flood_does_not_delay_idle_close(serve):
+    """While the server works through a flood of pipelined requests (seconds of parsing in
+    all), an idle connection still gets its FIN within --keepalive-timeout + 1 s: the loop
+    polls the manager, which closes what is due, after at most a few milliseconds of work."""
+    timeout = 1.0
+    s = serve("--keepalive-timeout", str(timeout))
+    load = b"GET / HTTP/1.1\r\n\r\n" * 900  # one read (16,200 bytes) of more requests than the hot path takes
+    flood = [s.connect() for _ in range(600)]
+    try:
+        with s.connect() as idle:
+            idle.sendall(REQ)
+            assert idle.recv(4096).startswith(OK)
+            t0 = time.monotonic()
+            time.sleep(timeout * 0.8)  # the flood lands just before the FIN is due
+            for c in flood:
+                c.sendall(load)
+            idle.settimeout(timeout + 10)
+            assert idle.recv(4096) == b""
+            late = time.monotonic() - t0 - timeout
+        assert late < 1.0, f"FIN {late:.2f} s past the keep-alive timeout"
+    finally:
+        for c in flood:
+            c.close()
