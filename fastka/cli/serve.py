@@ -29,6 +29,9 @@ parsed by httptools (the ``serve`` extra); keep-alive follows RFC 9112 section 9
 - With the "c" backend, a read that holds nothing but plain GET/HEAD requests (see
   src/http_simple.h) is answered in C (fastka._serve_c); everything else goes through
   httptools. Both give the same bytes.
+- One loop iteration accepts for at most TICK/2 seconds and reads for the rest of TICK,
+  then polls the manager again (which closes the connections whose idle time is up): a
+  flood of connections or requests delays no idle close by more than about TICK.
 - The server closes with ``shutdown(SHUT_WR)`` and reads what the client still sends until
   its FIN (at most LINGER seconds), so that a response is never lost to a reset.
 - SIGINT/SIGTERM: stop accepting, finish responses in flight, close the rest with a FIN.
