@@ -90,6 +90,15 @@ def need(binary: str) -> str:
     return path
 
 
+def run_tool(cmd: list, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for a client binary (curl, ab, wrk, ss, prlimit), without LD_PRELOAD:
+    tools/sanitize preloads the ASan runtime for the Python processes (the server needs it),
+    and an uninstrumented curl with that runtime preloaded deadlocks on glibc's setlocale
+    lock at startup before it sends anything."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return subprocess.run(cmd, env=env, **kwargs)
+
+
 def read_until_eof(sock: socket.socket) -> bytes:
     data = b""
     while True:
@@ -113,7 +122,7 @@ def responses(data: bytes) -> list:
 def test_curl_reuses_the_connection(serve):
     curl = need("curl")
     s = serve()
-    r = subprocess.run([curl, "-sv", "--write-out", "connects=%{num_connects}\\n", f"{s.url}/", f"{s.url}/status"],
+    r = run_tool([curl, "-sv", "--write-out", "connects=%{num_connects}\\n", f"{s.url}/", f"{s.url}/status"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert re.search(r"Re-using existing connection|Reusing existing", r.stderr), r.stderr
@@ -125,7 +134,7 @@ def test_curl_reuses_the_connection(serve):
 def test_ab_keepalive(serve):
     ab = need("ab")
     s = serve()
-    r = subprocess.run([ab, "-k", "-n", "2000", "-c", "20", f"{s.url}/"], capture_output=True, text=True, timeout=60)
+    r = run_tool([ab, "-k", "-n", "2000", "-c", "20", f"{s.url}/"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert re.search(r"Failed requests:\s+0\b", r.stdout), r.stdout
     assert re.search(r"Keep-Alive requests:\s+2000\b", r.stdout), r.stdout
@@ -136,7 +145,7 @@ def test_ab_keepalive(serve):
 def test_wrk_short_run(serve):
     wrk = need("wrk")
     s = serve()
-    r = subprocess.run([wrk, "-t", "2", "-c", "50", "-d", "2s", f"{s.url}/"], capture_output=True, text=True, timeout=60)
+    r = run_tool([wrk, "-t", "2", "-c", "50", "-d", "2s", f"{s.url}/"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     m = re.search(r"(\d+) requests in", r.stdout)
     assert m and int(m.group(1)) > 0, r.stdout
@@ -310,7 +319,7 @@ def test_tcp_keepalive_on_listener(serve):
     with s.connect() as c:
         c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c.recv(4096).startswith(b"HTTP/1.1 200")
-        out = subprocess.run([ss, "-tnoH", "state", "established", f"( sport = :{s.port} )"],
+        out = run_tool([ss, "-tnoH", "state", "established", f"( sport = :{s.port} )"],
                              capture_output=True, text=True, timeout=30).stdout
     m = re.search(r"timer:\(keepalive,(\d+)sec", out)
     assert m and 25 <= int(m.group(1)) <= 30, out
@@ -332,7 +341,7 @@ def test_out_of_fds_pauses_accept_and_recovers(serve):
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
+    run_tool([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
 
     def cpu_ticks() -> int:
         with open(f"/proc/{s.proc.pid}/stat") as f:
@@ -349,7 +358,7 @@ def test_out_of_fds_pauses_accept_and_recovers(serve):
     finally:
         for c in extra:
             c.close()
-    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
+    run_tool([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
     time.sleep(0.3)
     st = s.status()
     assert st["requests"] == 1 and st["accepted"] >= 2
@@ -544,14 +553,14 @@ def test_out_of_fds_logs_once_per_period(serve):
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
+    run_tool([prlimit, f"--pid={s.proc.pid}", f"--nofile=24:{hard}"], check=True, timeout=30)
     extra = [s.connect() for _ in range(30)]
     try:
         time.sleep(2.0)
     finally:
         for c in extra:
             c.close()
-    subprocess.run([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
+    run_tool([prlimit, f"--pid={s.proc.pid}", f"--nofile={hard}:{hard}"], check=True, timeout=30)
     s.stop()
     lines = [line for line in s.err.splitlines() if "accept" in line]
     assert len(lines) == 1, lines
@@ -721,3 +730,64 @@ def test_hot_path_limits():
     assert serve_c.answer(one, 100, 0, b"H", b"T", b"") is None
     assert serve_c.answer(b"GET / HTTP/1.1\r\n\r\n" * 513, 100, 10**6, b"", b"", b"") is None  # over one batch
     assert serve_c.answer(b"", 100, 5, b"H", b"T", b"B") is None
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_end_when_the_supervisor_is_killed(serve):
+    """SIGKILL to the supervisor (no chance to stop anything): its workers notice
+    (PR_SET_PDEATHSIG), close their connections and the listener, and exit."""
+    s = serve("--workers", "2")
+    pids = children(s.proc.pid)
+    assert len(pids) == 2
+    try:
+        with s.connect() as c:
+            c.sendall(REQ)
+            assert c.recv(4096).startswith(OK)
+            s.proc.kill()
+            s.proc.wait(timeout=10)
+            assert c.recv(4096) == b""  # the worker's FIN
+        deadline = time.monotonic() + 5
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in pids), pids
+        with socket.socket() as probe:  # nobody listens on the port any more
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", s.port))
+            probe.listen(1)
+    finally:
+        for p in pids:  # orphans would also hold the fixture's pipes open
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_request_flood_does_not_delay_idle_close(serve):
+    """While the server works through a flood of pipelined requests (seconds of parsing in
+    all), an idle connection still gets its FIN within --keepalive-timeout + 1 s: the loop
+    polls the manager, which closes what is due, after at most a few milliseconds of work."""
+    timeout = 1.0
+    s = serve("--keepalive-timeout", str(timeout))
+    load = b"GET / HTTP/1.1\r\n\r\n" * 900  # one read (16,200 bytes) of more requests than the hot path takes
+    flood = [s.connect() for _ in range(600)]
+    try:
+        with s.connect() as idle:
+            idle.sendall(REQ)
+            assert idle.recv(4096).startswith(OK)
+            t0 = time.monotonic()
+            time.sleep(timeout * 0.8)  # the flood lands just before the FIN is due
+            for c in flood:
+                c.sendall(load)
+            idle.settimeout(timeout + 10)
+            assert idle.recv(4096) == b""
+            late = time.monotonic() - t0 - timeout
+        assert late < 1.0, f"FIN {late:.2f} s past the keep-alive timeout"
+    finally:
+        for c in flood:
+            c.close()

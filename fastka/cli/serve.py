@@ -29,15 +29,20 @@ parsed by httptools (the ``serve`` extra); keep-alive follows RFC 9112 section 9
 - With the "c" backend, a read that holds nothing but plain GET/HEAD requests (see
   src/http_simple.h) is answered in C (fastka._serve_c); everything else goes through
   httptools. Both give the same bytes.
+- One loop iteration accepts for at most TICK/2 seconds and reads for the rest of TICK,
+  then polls the manager again (which closes the connections whose idle time is up): a
+  flood of connections or requests delays no idle close by more than about TICK.
 - The server closes with ``shutdown(SHUT_WR)`` and reads what the client still sends until
   its FIN (at most LINGER seconds), so that a response is never lost to a reset.
 - SIGINT/SIGTERM: stop accepting, finish responses in flight, close the rest with a FIN.
 - ``--workers N``: N processes accept on the same port (SO_REUSEPORT), each with its own
-  manager; a supervisor restarts a worker that dies and forwards SIGINT/SIGTERM.
+  manager; a supervisor restarts a worker that dies and forwards SIGINT/SIGTERM. A worker
+  stops gracefully when the supervisor dies, even by SIGKILL (Linux).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import json
 import mmap
@@ -70,9 +75,11 @@ RECV_SIZE = 16384  # bytes read at once: bounds the responses one read can produ
 OUT_HIGH = 65536  # bytes of unsent output above which a connection is not read
 OUT_TOTAL = 16 * 1024 * 1024  # bytes of unsent output (all connections) above which none with output is read
 PARSER_POOL = 256  # idle parsers kept for reuse
+TICK = 0.01  # seconds of accepting and reading one loop iteration may take before the manager is polled again
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 MAX_WORKERS = 256
 RESTART_PAUSE = 1.0  # seconds a worker slot waits before it is restarted again
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 BODY = b"Hello from fastka\n"
 SERVER = "fastka"
 EXTRA_HINT = "fastka serve needs httptools: pip install 'fastka[serve]'"
@@ -200,6 +207,20 @@ class Stats:
         return sum(self.read(w)[field] for w in range(self.workers))
 
 
+def _end_with_parent(parent: int) -> None:
+    """In a worker: get SIGTERM (a graceful stop) when the supervisor ``parent`` dies, even
+    by SIGKILL (Linux PR_SET_PDEATHSIG, prctl(2)); exit now if it died already. Elsewhere a
+    worker outlives a killed supervisor."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if os.getppid() != parent:  # died between fork() and prctl(): no signal will come
+        os._exit(0)
+
+
 class Supervisor:
     """Starts ``workers`` processes that each listen on the port with SO_REUSEPORT,
     restarts one that dies (at most once per RESTART_PAUSE seconds per slot), and on
@@ -246,6 +267,7 @@ class Supervisor:
         self._started[slot] = time.monotonic()
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -253,6 +275,7 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
+                _end_with_parent(parent)
                 for s in (self._hold, *self._wake):
                     s.close()
                 try:
@@ -819,8 +842,10 @@ class Server:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def _accept(self) -> None:
-        for _ in range(512):
+    def _accept(self, until: float) -> None:
+        """Accept what is queued until the loop iteration's budget ends at ``until``
+        (monotonic seconds); the listener stays readable for the next iteration."""
+        while time.monotonic() < until:
             try:
                 sock, _addr = self.listener.accept()
             except BlockingIOError:
@@ -924,10 +949,12 @@ class Server:
                     break
                 if time.monotonic() > stop_by:
                     break
-            for key, _ in sel.select(self._timeout()):
+            ready = sel.select(self._timeout())
+            until = time.monotonic() + TICK
+            for key, _ in ready:
                 tag = key.data
                 if tag == "accept":
-                    self._accept()
+                    self._accept(until - TICK / 2)  # the other half is for reading
                 elif tag == "manager":
                     pass
                 elif tag == "signal":
@@ -950,12 +977,15 @@ class Server:
                         self._end_linger(fd)
                 elif not tag.gone:
                     self._flush(tag)
+            # poll(0) also closes every connection whose idle time is up: the budget keeps
+            # the next poll near, so a flood of accepts and requests delays no FIN by more
+            # than about TICK. A READABLE left unhandled when the budget runs out is
+            # reported again by the next poll (the manager's epoll is level-triggered).
             for c, ev in mgr.poll(0):
-                if ev == Event.READABLE:
-                    if not c.gone:
-                        self._on_readable(c)
-                else:
+                if ev != Event.READABLE:
                     self._count(Event(ev).name)
+                elif not c.gone and time.monotonic() < until:
+                    self._on_readable(c)
             self._expire(time.monotonic())
 
     def close(self) -> None:
