@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -93,3 +94,17 @@ def test_api_reference_covers_every_public_name():
     with open(os.path.join(DOCS, "api.rst"), encoding="utf-8") as f:
         documented = set(re.findall(r"^\.\. (?:auto\w+|data|class|function):: (\w+)", f.read(), re.M))
     assert set(fastka.__all__) <= documented, sorted(set(fastka.__all__) - documented)
+
+
+def test_layout_table_names_every_tracked_file():
+    """docs/development.rst names every file git tracks under fastka/, src/, benchmarks/ and
+    tools/ by its path, so the layout table cannot fall behind the tree."""
+    git = shutil.which("git")
+    if git is None or not os.path.exists(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run([git, "ls-files", "fastka", "src", "benchmarks", "tools"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert tracked
+    with open(os.path.join(DOCS, "development.rst"), encoding="utf-8") as f:
+        named = set(re.findall(r"``([^`\s]+)``", f.read()))
+    assert sorted(set(tracked) - named) == []
