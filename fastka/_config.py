@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple, Union, cast
 

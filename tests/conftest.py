@@ -51,6 +51,28 @@ def backend(request) -> Backend:
     return Backend(request.param)
 
 
+def pair(listener):
+    """A connected loopback (client, server) pair from ``listener``; the caller closes both."""
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    return client, server
+
+
+@pytest.fixture
+def mgr_factory(backend):
+    """``make(*args, **kw)``: a KeepaliveManager of the test's backend, closed afterwards."""
+    made = []
+
+    def make(*args, **kw):
+        m = backend.KeepaliveManager(*args, **kw)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
 @pytest.fixture
 def listener():
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

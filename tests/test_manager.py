@@ -10,6 +10,7 @@ import time
 import pytest
 
 import netns
+from conftest import pair
 from fastka import Event, KeepaliveConfig
 
 
@@ -19,26 +20,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def pair(listener):
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    return client, server
-
-
-@pytest.fixture
-def mgr_factory(backend):
-    made = []
-
-    def make(*args, **kw):
-        m = backend.KeepaliveManager(*args, **kw)
-        made.append(m)
-        return m
-
-    yield make
-    for m in made:
-        m.close()
 
 
 def test_touched_survives_untouched_idles(mgr_factory, listener):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import random
 import resource
@@ -15,27 +14,8 @@ import time
 
 import pytest
 
+from conftest import pair
 from fastka import Event, KeepaliveConfig
-
-
-def pair(listener):
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    return client, server
-
-
-@pytest.fixture
-def mgr_factory(backend):
-    made = []
-
-    def make(*args, **kw):
-        m = backend.KeepaliveManager(*args, **kw)
-        made.append(m)
-        return m
-
-    yield make
-    for m in made:
-        m.close()
 
 
 # -- issue 12: one conversion of user_timeout ------------------------------------------
