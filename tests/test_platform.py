@@ -9,7 +9,6 @@ from the same tables (docs/_ext/fastka_tables.py; tests/test_docs.py checks it).
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from collections import OrderedDict
 
