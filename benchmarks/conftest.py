@@ -17,12 +17,10 @@ BACKENDS = _compat.NAMES
 
 def load_backend(name: str) -> _compat.Backend:
     """Backend ``name``; skips with the reason where it cannot run."""
-    if name != "python" and _compat.extensions_disabled():
-        pytest.skip(f"{_compat.ENV_NO_EXTENSIONS} forces the python backend")
-    try:
-        return _compat.load(name)
-    except _compat.BackendUnavailable as exc:
-        pytest.skip(str(exc))
+    chosen, reasons = _compat.available([name])
+    if not chosen:
+        pytest.skip(reasons[name])
+    return chosen[0]
 
 
 def manager_class(name: str):

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 
 from fastka import _compat
 from fastka.cli import raise_fd_limit
-from fastka.cli.bench import CONFIG, Pool, largest_size, tick
+from fastka.cli.bench import CONFIG, Pool, default_sizes, tick
 
 __all__ = ["CONFIG", "SIZES", "Floor", "Pool", "measure_memory", "tick"]
 
@@ -29,9 +29,9 @@ FLOOR_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c
 
 
 def sizes() -> List[int]:
-    """1,000 / 5,000 / 10,000 and the most the open-file limit allows (the peers live in
-    a child process)."""
-    limit = largest_size()
+    """1,000 / 5,000 / 10,000 and the most the open-file limit and the port range allow
+    (as for `fastka bench`; the peers live in a child process)."""
+    limit = max(default_sizes())
     return sorted({*(n for n in (1000, 5000, 10000) if n <= limit), limit})
 
 

@@ -48,6 +48,7 @@ import sys
 import time
 
 from fastka import Event, _compat
+from fastka.cli import _args
 
 IDLE_TIMEOUT = 0.3
 MAX_REQUESTS = 5
@@ -288,27 +289,26 @@ def soak(duration: float, backend: str, report_every: float, concurrency: int, r
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=60.0, help="seconds to churn (default 60)")
+    p.add_argument("--duration", type=_args.seconds(1, 7 * 86400), default=60.0, help="seconds to churn (default 60)")
     p.add_argument("--backend", choices=_compat.NAMES, default=None,
                    help="default: the backend fastka uses (FASTKA_NO_EXTENSIONS gives python)")
-    p.add_argument("--report-every", type=float, default=5.0, help="seconds between checks (default 5)")
-    p.add_argument("--concurrency", type=int, default=1024, help="client connections open at once (default 1024)")
-    p.add_argument("--rss-tolerance", type=float, default=16.0, help="MiB RSS may grow after the warm-up (default 16)")
+    p.add_argument("--report-every", type=_args.seconds(0.1, 3600), default=5.0,
+                   help="seconds between checks (default 5)")
+    p.add_argument("--concurrency", type=_args.integer(1, 100000), default=1024,
+                   help="client connections open at once (default 1024)")
+    p.add_argument("--rss-tolerance", type=_args.number(0, 65536, "MiB"), default=16.0,
+                   help="MiB RSS may grow after the warm-up (default 16)")
     p.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.client is not None:
         client(a.client, a.concurrency)
         return 0
-    if a.duration <= 0 or a.report_every <= 0 or a.concurrency < 1:
-        p.error("--duration and --report-every must be > 0, --concurrency >= 1")
     if a.backend is None:
         a.backend = _compat.default().name
-    elif a.backend != "python" and _compat.extensions_disabled():
-        p.error(f"argument --backend: {a.backend} cannot run: {_compat.ENV_NO_EXTENSIONS} forces the python backend")
-    try:
-        _compat.load(a.backend)
-    except _compat.BackendUnavailable as exc:
-        p.error(f"argument --backend: {exc}")
+    else:
+        _, reasons = _compat.available([a.backend])
+        if reasons:
+            p.error(f"argument --backend: {a.backend} cannot run: {reasons[a.backend]}")
     return soak(a.duration, a.backend, a.report_every, a.concurrency, a.rss_tolerance)
 
 

@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 from types import ModuleType
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import _keepalive
 
@@ -88,6 +88,23 @@ def unavailable_reason(name: str) -> Optional[str]:
     except BackendUnavailable as exc:
         return str(exc)
     return None
+
+
+def available(names: Sequence[str] = NAMES) -> Tuple[List[Backend], Dict[str, str]]:
+    """The backends of ``names`` that can run here, in the order given, and why each of
+    the others cannot (``{name: reason}``): not built, or FASTKA_NO_EXTENSIONS forbids
+    every backend but "python". What the CLI and the benchmarks compare side by side."""
+    chosen: List[Backend] = []
+    reasons: Dict[str, str] = {}
+    for name in names:
+        if name != "python" and extensions_disabled():
+            reasons[name] = f"{ENV_NO_EXTENSIONS}={os.environ[ENV_NO_EXTENSIONS]} forces the python backend"
+            continue
+        try:
+            chosen.append(load(name))
+        except BackendUnavailable as exc:
+            reasons[name] = str(exc)
+    return chosen, reasons
 
 
 def default() -> Backend:

@@ -19,6 +19,8 @@ import pytest
 from fastka import _compat
 from fastka.cli.bench import FLOORS
 
+from test_cli import need
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "fastka")
 
@@ -49,8 +51,7 @@ def check_run(proc, data, names, sizes):
 
 
 def test_both_backends_and_floors(tmp_path):
-    if _compat.unavailable_reason("c") is not None and not os.environ.get("FASTKA_REQUIRE_EXTENSION"):
-        pytest.skip(_compat.unavailable_reason("c"))
+    need("c")
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []
     proc = bench("--sizes", "20,100", "--repeat", "1", "--json", str(out), *plot)
@@ -88,8 +89,35 @@ def test_runs_from_the_package_alone(tmp_path):
     out = work / "bench.json"
     proc = bench("--sizes", "20", "--repeat", "1", "--json", str(out), cwd=str(work), pythonpath=str(site))
     data = json.loads(out.read_text())
-    names = [n for n in _compat.NAMES if _compat.unavailable_reason(n) is None]
+    names = [b.name for b in _compat.available()[0]]
     check_run(proc, data, names, [20])
     probe = subprocess.run([sys.executable, "-c", "import fastka.cli.bench as b; print(b.__file__)"], cwd=str(work),
                            env=dict(os.environ, PYTHONPATH=str(site)), capture_output=True, text=True)
     assert probe.stdout.startswith(str(site)), probe  # the copy ran, not the checkout
+
+
+def test_a_run_that_fails_leaves_the_json_file_alone(tmp_path):
+    """--json is opened when the figures are ready: a run that stops early (here --plot
+    without matplotlib) leaves an existing file as it was."""
+    blocker = tmp_path / "matplotlib.py"
+    blocker.write_text("raise ImportError('no matplotlib here')\n")
+    out = tmp_path / "bench.json"
+    out.write_text("earlier figures\n")
+    proc = bench("--sizes", "20", "--json", str(out), "--plot", str(tmp_path / "x.png"), pythonpath=str(tmp_path))
+    assert proc.returncode == 2 and out.read_text() == "earlier figures\n"
+
+
+def test_plot_format_checked_before_the_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    proc = bench("--sizes", "20", "--plot", str(tmp_path / "bench.nosuchformat"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("fastka bench: error: argument --plot: ") and "png" in proc.stderr
+
+
+@pytest.mark.parametrize("flag,value", [("--duration", "nan"), ("--duration", "inf"), ("--report-every", "nan"),
+                                        ("--rss-tolerance", "nan"), ("--concurrency", "0")])
+def test_soak_refuses_bad_numbers(flag, value):
+    """benchmarks/soak.py: nan would run forever or turn a check off."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "soak.py"), flag, value],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"error: argument {flag}: {value} is out of range" in proc.stderr, proc.stderr

@@ -11,9 +11,9 @@ import os
 import select
 import signal
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from .. import __version__, _compat
+from .. import __version__
 
 COMMANDS = (
     ("info", "fastka.cli.info", "show the backend, the kernel's keepalive defaults and the open-file limit"),
@@ -21,23 +21,6 @@ COMMANDS = (
     ("serve", "fastka.cli.serve", "run the HTTP/1.x keep-alive reference server"),
     ("bench", "fastka.cli.bench", "benchmark both backends against the bare system calls"),
 )
-
-
-def backends() -> Tuple[List[_compat.Backend], Dict[str, str]]:
-    """The backends a subcommand compares (in ``_compat.NAMES`` order), and why each one
-    left out is: FASTKA_NO_EXTENSIONS leaves only "python"."""
-    chosen: List[_compat.Backend] = []
-    skipped: Dict[str, str] = {}
-    for name in _compat.NAMES:
-        if name != "python" and _compat.extensions_disabled():
-            value = os.environ[_compat.ENV_NO_EXTENSIONS]
-            skipped[name] = f"{_compat.ENV_NO_EXTENSIONS}={value} forces the python backend"
-            continue
-        try:
-            chosen.append(_compat.load(name))
-        except _compat.BackendUnavailable as exc:
-            skipped[name] = str(exc)
-    return chosen, skipped
 
 
 def raise_fd_limit() -> int:
@@ -55,6 +38,30 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def loopback_room(fds_each: int, reserved_fds: int) -> Tuple[int, str]:
+    """The most loopback connections to one listener a subcommand can open, each using
+    ``fds_each`` fds of this process, and what sets that bound (for error messages).
+
+    Two bounds: the open-file limit less ``reserved_fds``, and the ephemeral port range
+    (each connection from 127.0.0.1 to one listener takes a port of it) less a tenth,
+    left to other programs' listeners in the range."""
+    limit = raise_fd_limit()
+    room = max(0, (limit - reserved_fds) // fds_each)
+    why = f"the open-file limit {limit} less {reserved_fds} fds" + (f", {fds_each} fds each" if fds_each > 1 else "")
+    try:
+        with open(PORT_RANGE) as f:
+            low, high = map(int, f.read().split())
+    except (OSError, ValueError):  # not Linux: the open-file limit alone
+        return room, why
+    ports = (high - low + 1) * 9 // 10
+    if ports < room:
+        return ports, f"the ephemeral port range {low}..{high} less a tenth"
+    return room, why
 
 
 def build_parser(argv: List[str]) -> argparse.ArgumentParser:
@@ -100,16 +107,52 @@ def _closed_pipe() -> int:
     return 1
 
 
+def _error_text(exc: BaseException) -> str:
+    """An exception as one line: the OS's words for an OSError ("No space left on device")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _flush_or_drop() -> None:
+    """Flush stdout; when that fails (the disk is full), drop what it holds so that the
+    interpreter's last flush stays quiet."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        try:
+            sys.stdout.flush()
+        except OSError:
+            pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line ``argv``; returns the exit status: the subcommand's, 2 for bad
+    arguments, 1 with one ``fastka CMD: error: ...`` line when the system refused (an
+    OSError, e.g. stdout on a full disk) or a run's check failed (RuntimeError), 130 on
+    Ctrl-C; killed by SIGPIPE when stdout's reader went away."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    prog = f"fastka {command}" if command else "fastka"
+    if sys.stdout is None:  # started with fd 1 closed: a socket opened now would take it
+        print(f"{prog}: error: standard output is closed", file=sys.stderr)
+        return 1
     try:
         args = build_parser(argv).parse_args(argv)
         status = importlib.import_module(args._module).run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return status
-    except BrokenPipeError:
-        if not _stdout_closed():
-            raise  # EPIPE from a socket of the subcommand: a bug, not a closed pipe
-        return _closed_pipe()
+    except BrokenPipeError as exc:
+        if _stdout_closed():
+            return _closed_pipe()
+        error: BaseException = exc  # EPIPE from a socket of the subcommand
+    except (OSError, RuntimeError) as exc:
+        error = exc
     except KeyboardInterrupt:
         return 130
+    _flush_or_drop()
+    print(f"{prog}: error: {_error_text(error)}", file=sys.stderr)
+    return 1

@@ -9,18 +9,38 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Callable, List
 
 
 def integer(low: int, high: int, why: str = "") -> Callable[[str], int]:
-    """An int in low..high; ``why`` explains the bound (e.g. the open-file limit)."""
+    """An int in low..high; ``why`` names what sets ``high`` (e.g. "the open-file limit")."""
+    bound = f" (set by {why})" if why else ""
+
     def convert(text: str) -> int:
+        if high < low:
+            raise argparse.ArgumentTypeError(
+                f"no value can run here: {why or 'the upper bound'} allows at most {high}, fewer than {low}")
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: {low}..{high}{why}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: {low}..{high}{bound}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {low}..{high}{why}")
+            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {low}..{high}{bound}")
+        return value
+
+    return convert
+
+
+def number(low: float, high: float, unit: str) -> Callable[[str], float]:
+    """A finite number of ``unit`` in low..high (float; never nan or inf)."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}; allowed: {low:g}..{high:g}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {low:g}..{high:g} {unit}")
         return value
 
     return convert
@@ -28,26 +48,36 @@ def integer(low: int, high: int, why: str = "") -> Callable[[str], int]:
 
 def seconds(low: float, high: float) -> Callable[[str], float]:
     """A finite number of seconds in low..high (float)."""
-    def convert(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds; allowed: {low:g}..{high:g}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {low:g}..{high:g} seconds")
-        return value
-
-    return convert
+    return number(low, high, "seconds")
 
 
 def integers(low: int, high: int, why: str = "") -> Callable[[str], List[int]]:
-    """Comma-separated ints, each in low..high (at least one)."""
+    """Comma-separated ints, each in low..high (at least one), in ascending order without
+    repeats."""
     one = integer(low, high, why)
 
     def convert(text: str) -> List[int]:
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if not parts:
             raise argparse.ArgumentTypeError(f"{text!r} holds no number; give N or N,N,... each in {low}..{high}")
-        return [one(p) for p in parts]
+        return sorted({one(p) for p in parts})
 
     return convert
+
+
+def output_file(text: str) -> str:
+    """A path a file can be written to: an existing writable file (not truncated now) or a
+    new name in an existing writable directory. The caller opens it when it has something
+    to write, so that a run that fails leaves an existing file as it was."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"can't write {text!r}: it is a directory")
+    if os.path.exists(text):
+        if not os.access(text, os.W_OK):
+            raise argparse.ArgumentTypeError(f"can't write {text!r}: permission denied")
+        return text
+    folder = os.path.dirname(text) or "."
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"can't write {text!r}: no directory {folder!r}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"can't write {text!r}: directory {folder!r} is not writable")
+    return text

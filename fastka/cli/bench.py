@@ -33,29 +33,27 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .. import _compat
 from .._config import KeepaliveConfig
-from . import _args, backends, raise_fd_limit
+from . import _args, loopback_room
 from ._progress import Progress
 
 TICK_SIZE = 10000
 QUICK_SIZES = (200, 1000)
 RESERVED_FDS = 1000  # left free under the open-file limit for the interpreter and pipes
-CONFIG = KeepaliveConfig(idle=60, interval=10, count=5)
+CONFIG = KeepaliveConfig()
 IDLE = 0.05  # seconds: the idle timeout of the expiry scenario
 TICK_SAMPLES = 5  # a tick is short: this many more samples than the other scenarios
 
 
 # ---- Connections ----------------------------------------------------------------------
 
-def largest_size() -> int:
-    """The most connections one process can hold: its open-file limit less a reserve,
-    rounded down to a thousand."""
-    return max(1000, (raise_fd_limit() - RESERVED_FDS) // 1000 * 1000)
-
-
 def default_sizes() -> List[int]:
-    """10,000 where the open-file limit allows, and the most it allows."""
-    limit = largest_size()
-    return sorted({*(n for n in (TICK_SIZE,) if n <= limit), limit})
+    """10,000 where the bounds of :func:`loopback_room` allow it, and the most they allow
+    (rounded down to a thousand where that is at least a thousand); empty where they
+    allow fewer than ten."""
+    limit = loopback_room(1, RESERVED_FDS)[0]
+    if limit >= 1000:
+        limit = limit // 1000 * 1000
+    return sorted({*(n for n in (TICK_SIZE,) if n <= limit), limit}) if limit >= 10 else []
 
 
 _PEER = r"""
@@ -65,7 +63,10 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 socks = {}
 for _ in range(n):
-    s = socket.create_connection((host, port))
+    try:
+        s = socket.create_connection((host, port))
+    except OSError as exc:
+        sys.exit(f"connect failed: {exc.strerror}")
     socks[s.getsockname()[1]] = s
 print("ready", flush=True)
 for line in sys.stdin:
@@ -103,11 +104,21 @@ class Pool:
         lst.listen(4096)
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _PEER, "127.0.0.1", str(lst.getsockname()[1]), str(self.n)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        lst.settimeout(30)
+        lst.settimeout(0.1)
+        deadline = time.monotonic() + 30
         while len(self.socks) < self.n:
-            self.socks.append(lst.accept()[0])
+            try:
+                self.socks.append(lst.accept()[0])
+            except socket.timeout:
+                if self._proc.poll() is not None:
+                    lines = self._proc.stderr.read().strip().splitlines() or [f"exit status {self._proc.returncode}"]
+                    raise RuntimeError(f"the peer process stopped after {len(self.socks)} of {self.n}"
+                                       f" connections: {lines[-1]}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the peer process opened {len(self.socks)} of {self.n}"
+                                       " connections in 30 s") from None
         for s in self.socks:
             s.setblocking(False)
         if self._proc.stdout.readline().strip() != "ready":
@@ -137,6 +148,7 @@ class Pool:
             self._proc.stdin.close()
             self._proc.wait(timeout=30)
             self._proc.stdout.close()
+            self._proc.stderr.close()
             self._proc = None
 
     def __enter__(self) -> "Pool":
@@ -250,14 +262,7 @@ class Bench:
             if fn(socks, CONFIG):
                 raise RuntimeError("set_keepalive_many failed on connected TCP sockets")
 
-        # The options Linux's plan sets for CONFIG (user_timeout None leaves
-        # TCP_USER_TIMEOUT alone), one setsockopt each.
-        options = (
-            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, int(CONFIG.idle)),
-            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, int(CONFIG.interval)),
-            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, CONFIG.count),
-        )
+        options = CONFIG.socket_options()  # the calls set_keepalive makes, one setsockopt each
 
         def floor():
             for s in socks:
@@ -442,16 +447,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Run each backend side by side with the other and with its floor (bare system calls "
         "an installed fastka can make); print one table. Times are the best of --repeat runs."
     )
-    limit = largest_size()
+    limit, why = loopback_room(1, RESERVED_FDS)
     parser.add_argument("--quick", action="store_true",
                         help=f"a short run: sizes {','.join(map(str, QUICK_SIZES))}, 3 repeats")
     parser.add_argument("--sizes", metavar="N,N,...",
-                        type=_args.integers(10, limit, " (the open-file limit less a reserve)"),
-                        help=f"connection counts (default: {','.join(map(str, default_sizes()))})")
+                        type=_args.integers(10, limit, why),
+                        help=f"connection counts (default: {','.join(map(str, default_sizes())) or 'none fit'})")
     parser.add_argument("--repeat", type=_args.integer(1, 1000), metavar="R",
                         help="timings per measurement, best kept (default 15; 3 with --quick)")
-    parser.add_argument("--json", metavar="FILE", type=argparse.FileType("w"), help="also write the figures as JSON to FILE")
-    parser.add_argument("--plot", metavar="FILE.png", help="also draw cost per connection against N (needs matplotlib)")
+    parser.add_argument("--json", metavar="FILE", type=_args.output_file,
+                        help="also write the figures as JSON to FILE (written at the end of a run that completes)")
+    parser.add_argument("--plot", metavar="FILE.png", type=_args.output_file,
+                        help="also draw cost per connection against N (needs matplotlib)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -461,13 +468,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
         except ImportError:
             print("fastka bench: error: --plot needs matplotlib (pip install 'fastka[plot]')", file=sys.stderr)
             return 2
+        formats = FigureCanvasAgg.get_supported_filetypes()
+        if os.path.splitext(args.plot)[1][1:].lower() not in formats:
+            print(f"fastka bench: error: argument --plot: {args.plot!r} does not end in the name of a format"
+                  f" matplotlib draws ({', '.join(sorted(formats))})", file=sys.stderr)
+            return 2
     sizes = args.sizes or (list(QUICK_SIZES) if args.quick else default_sizes())
+    room, why = loopback_room(1, RESERVED_FDS)
+    if max(sizes, default=0) > room or not sizes:
+        print(f"fastka bench: error: {why} leaves room for {room} connections, fewer than"
+              f" {max(sizes, default=10)}", file=sys.stderr)
+        return 2
     repeat = args.repeat or (3 if args.quick else 15)
-    chosen, skipped = backends()
+    chosen, skipped = _compat.available()
     names = [b.name for b in chosen]
     for name, why in skipped.items():
         print(f"backend {name}: skipped ({why})")
@@ -490,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"N = {', '.join(map(str, sizes))}; best of {repeat} (poll tick: of {repeat * TICK_SAMPLES});"
           f" run took {time.monotonic() - start:.1f} s")
     if args.json:
-        with args.json as f:
+        with open(args.json, "w") as f:
             json.dump({"machine": machine(), "repeat": repeat, "backends": names, "skipped": skipped,
                        "rows": [asdict(r) for r in bench.rows], "columns": head, "table": body}, f, indent=2)
     if args.plot:

@@ -23,23 +23,27 @@ from typing import Dict, List, Tuple
 from .. import _compat
 from .._config import KeepaliveConfig
 from .._types import Event
-from . import _args, backends, raise_fd_limit
+from . import _args, loopback_room
 from ._progress import Progress
+from .bench import render
 
 RESERVED_FDS = 64
-CONFIG = KeepaliveConfig(idle=60, interval=10, count=5)
+CONFIG = KeepaliveConfig()
+DEFAULT_CONNECTIONS = 2000
 
 
-def _fd_room() -> int:
-    """Most connection pairs the open-file limit allows (raising the soft limit if needed)."""
-    return max(0, (raise_fd_limit() - RESERVED_FDS) // 2)
+def _room() -> Tuple[int, str]:
+    """The most connections the demo can open (both ends in this process: two fds each),
+    and what sets that bound."""
+    return loopback_room(2, RESERVED_FDS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    room = _fd_room()
+    room, why = _room()
     parser.add_argument("--connections", default=None, metavar="N",
-                        type=_args.integer(10, room, " (two fds per connection under the open-file limit)"),
-                        help="loopback connections to open (default 2000, fewer if the open-file limit is low)")
+                        type=_args.integer(10, room, why),
+                        help=f"loopback connections to open (default {DEFAULT_CONNECTIONS},"
+                             " fewer if the open-file limit or the port range is low)")
     parser.add_argument("--idle-timeout", type=_args.seconds(0.1, 60), default=2.0, metavar="SECONDS",
                         help="the manager's idle timeout (default 2)")
     parser.add_argument("--backend", choices=(*_compat.NAMES, "both"), default="both",
@@ -58,8 +62,11 @@ def _open_pairs(n: int) -> Tuple[socket.socket, List[socket.socket], List[socket
             while len(clients) < n:
                 batch = min(256, n - len(clients))
                 for _ in range(batch):
-                    c = socket.create_connection(addr)
-                    clients.append(c)
+                    try:
+                        clients.append(socket.create_connection(addr))
+                    except OSError as exc:
+                        raise RuntimeError(f"loopback connection {len(clients) + 1} of {n} failed:"
+                                           f" {exc.strerror or exc}") from None
                 for _ in range(batch):
                     s, _ = listener.accept()
                     s.setblocking(False)
@@ -85,7 +92,7 @@ def _best(fn, times: int = 5) -> float:
 
 def run_once(backend: _compat.Backend, n: int, idle_timeout: float) -> Tuple[bool, Dict[str, float]]:
     """One demo run; returns (counts matched, seconds per connection of each cost measured)."""
-    print(f"\n== backend {backend.name}: {n} connections, idle timeout {idle_timeout:g} s ==")
+    print(f"== backend {backend.name}: {n} connections, idle timeout {idle_timeout:g} s ==")
     listener, clients, servers = _open_pairs(n)
     mgr = None
     try:
@@ -190,33 +197,27 @@ def run_once(backend: _compat.Backend, n: int, idle_timeout: float) -> Tuple[boo
         listener.close()
 
 
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:.2f} us"
-
-
 def compare(costs: Dict[str, Dict[str, float]]) -> str:
-    """The table of costs, one column per backend, and the ratio of the first two."""
+    """The table of costs in microseconds, one column per backend, and the ratio of the
+    first two."""
     names = list(costs)
-    rows = [[what, *(_us(costs[b][what]) for b in names)] for what in costs[names[0]]]
-    head = ["cost", *names]
-    if len(names) > 1:
-        head.append(f"{names[1]}/{names[0]}")
-        for row, what in zip(rows, costs[names[0]]):
-            row.append(f"{costs[names[1]][what] / costs[names[0]][what]:.1f}x")
-    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in [head] + rows]
-    note = "per connection; the poll tick per tick"
-    return "\n".join([lines[0] + f"   ({note})", *lines[1:]])
+    head = ["cost", *names, *([f"{names[1]}/{names[0]}"] if len(names) > 1 else [])]
+    body = []
+    for what, first in costs[names[0]].items():
+        row = [what, *(f"{costs[b][what] * 1e6:.2f} us" for b in names)]
+        if len(names) > 1:
+            row.append(f"{costs[names[1]][what] / first:.1f}x")
+        body.append(row)
+    return render(head, body) + "\n(per connection; the poll tick per tick)"
 
 
 def run(args: argparse.Namespace) -> int:
-    n = args.connections if args.connections is not None else min(2000, _fd_room())
+    room, why = _room()
+    n = args.connections if args.connections is not None else min(DEFAULT_CONNECTIONS, room)
     if n < 10:
-        print(f"fastka demo: error: the open-file limit leaves room for {n} connections; need at least 10",
-              file=sys.stderr)
+        print(f"fastka demo: error: {why} leaves room for {n} connections; need at least 10", file=sys.stderr)
         return 2
-    chosen, skipped = backends()
+    chosen, skipped = _compat.available()
     if args.backend != "both":
         picked = [b for b in chosen if b.name == args.backend]
         if not picked:
@@ -226,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
         chosen, skipped = picked, {}
     for name, why in skipped.items():
         print(f"backend {name}: skipped ({why})")
-    results = {b.name: run_once(b, n, args.idle_timeout) for b in chosen}
-    print("\n" + compare({name: costs for name, (_, costs) in results.items()}))
+    results = {}
+    for b in chosen:
+        results[b.name] = run_once(b, n, args.idle_timeout)
+        print()
+    print(compare({name: costs for name, (_, costs) in results.items()}))
     return 0 if all(ok for ok, _ in results.values()) else 1

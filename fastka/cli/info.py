@@ -16,9 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _duration(seconds: float) -> str:
     s = int(seconds)
     if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60} min"
+        return f"{s // 3600} h" + (f" {s % 3600 // 60} min" if s % 3600 // 60 else "")
     if s >= 60:
-        return f"{s // 60} min {s % 60} s"
+        return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
     return f"{seconds:g} s"
 
 
