@@ -11,22 +11,12 @@ import struct
 import time
 
 import pytest
+from aio_helpers import CLOCK_GRAIN, loop_kind, run  # noqa: F401  (loop_kind is a fixture)
 
 from fastka import Event, KeepaliveConfig, get_keepalive
 from fastka.aio import KeepaliveReaper
 
-LOOPS = ("asyncio", "uvloop")
 RESPONSE = b"ok\n"
-# The manager keeps time in whole milliseconds with the clock reading rounded down, so a
-# deadline can pass up to one millisecond before its exact time (seconds).
-CLOCK_GRAIN = 0.001
-
-
-@pytest.fixture(params=LOOPS)
-def loop_kind(request) -> str:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    return request.param
 
 
 @pytest.fixture(params=("reader", "timer"))
@@ -48,45 +38,6 @@ def _without_fd(real):
         KeepaliveManager = NoFdManager
 
     return NoFdBackend()
-
-
-def _warm_uvloop() -> None:
-    """libuv opens a process-wide pipe with the first loop that runs; open it now, before
-    the fd-leak guard of any test takes its snapshot."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    loop = uvloop.new_event_loop()
-    loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
-
-
-_warm_uvloop()
-
-
-def run(loop_kind: str, main, timeout: float = 60.0):
-    """Run ``main()`` on a fresh loop of the given kind with an exception handler that
-    records; fail when anything was logged."""
-    if loop_kind == "uvloop":
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    errors = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    try:
-        result = loop.run_until_complete(asyncio.wait_for(main(), timeout))
-        loop.run_until_complete(asyncio.sleep(0.05))  # let closing transports finish
-    finally:
-        for task in asyncio.all_tasks(loop):
-            task.cancel()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-    assert errors == [], f"the loop logged errors: {errors}"
-    return result
 
 
 class Spy:
@@ -421,6 +372,42 @@ def test_transport_closed_by_its_owner_without_discard_is_forgotten(reaper_backe
     assert events == [Event.IDLE]
 
 
+def test_transports_closed_without_discard_are_swept_with_no_deadline(reaper_backend, loop_kind):
+    """No idle_timeout, no max_lifetime: a transport its owner closed without discard()
+    has no deadline, yet the next reap (here: a MAX_REQUESTS) and the next add() drop it
+    (before: it stayed tracked, with its protocol, until the reaper closed)."""
+    events = []
+
+    async def main():
+        reaper = KeepaliveReaper(None, max_requests=1, on_event=lambda t, e: events.append(e), _backend=reaper_backend)
+        srv = Server(reaper, discard=False)
+        port = await srv.start()
+        pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        await until(lambda: len(srv.transports) == 5)
+        for t in srv.transports[:3]:
+            t.close()
+        await until(lambda: len(srv.lost) == 3)
+        holders = [socket.socket() for _ in range(3)]  # the freed fd numbers stay taken
+        await request(*pairs[4])  # its only request: MAX_REQUESTS, a reap
+        await wait_for_eof(pairs[4][0], 5)
+        assert len(reaper) == 1 and srv.transports[3] in reaper
+        srv.transports[3].close()
+        await until(lambda: len(srv.lost) == 5)
+        holders += [socket.socket() for _ in range(2)]  # so do transport 3's and 4's
+        pairs.append(await asyncio.open_connection("127.0.0.1", port))
+        await until(lambda: len(srv.transports) == 6)
+        assert len(reaper) == 1 and srv.transports[5] in reaper  # the add swept transport 3
+        for h in holders:
+            h.close()
+        await close_all([w for _, w in pairs])
+        await until(lambda: len(srv.lost) == 6)
+        await srv.stop()
+        reaper.close()
+
+    run(loop_kind, main)
+    assert events == [Event.MAX_REQUESTS]
+
+
 def test_on_event_exception_goes_to_the_loop_handler_and_reaping_goes_on(reaper_backend, loop_kind):
     logged = []
 
@@ -579,6 +566,21 @@ class _Closing(_NoSocket):
 def test_bad_arguments(backend, kwargs, error, words):
     with pytest.raises(error, match=words):
         KeepaliveReaper(_backend=backend.load(), **kwargs)
+
+
+def test_datagram_transport_is_refused(backend, loop_kind):
+    async def main():
+        reaper = KeepaliveReaper(30.0, _backend=backend.load())
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        try:
+            with pytest.raises(TypeError, match="stream .TCP. socket.*SOCK_DGRAM"):
+                reaper.add(transport)
+            assert len(reaper) == 0
+        finally:
+            transport.close()
+            reaper.close()
+
+    run(loop_kind, main)
 
 
 def test_used_from_a_second_loop_is_an_error(backend):

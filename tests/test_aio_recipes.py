@@ -18,7 +18,7 @@ import pytest
 
 import fastka
 from fastka import Event
-from test_aio import CLOCK_GRAIN, loop_kind, run  # noqa: F401  (loop_kind is a fixture)
+from aio_helpers import CLOCK_GRAIN, loop_kind, run  # noqa: F401  (loop_kind is a fixture)
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "examples")
 RECIPES = ("aio_streams", "aio_aiohttp", "aio_uvicorn")
