@@ -73,6 +73,8 @@ class Server:
         self.spy = spy
         self.transports = []  # what was added to the reaper, in connection order
         self.lost = []  # (transport, exc) from connection_lost
+        self.answered_at = {}  # transport -> time.monotonic() of its last response
+        self.lost_at = {}  # transport -> time.monotonic() of connection_lost (asyncio closes the socket right after)
         self.fds = []
         self.server = None
 
@@ -106,8 +108,10 @@ class _Line(asyncio.Protocol):
             _, self.buf = self.buf.split(b"\n", 1)
             self.real.write(RESPONSE)
             self.srv.reaper.touch(self.transport)
+            self.srv.answered_at[self.transport] = time.monotonic()
 
     def connection_lost(self, exc) -> None:
+        self.srv.lost_at[self.transport] = time.monotonic()
         self.srv.lost.append((self.transport, exc))
         if self.srv.discard:
             self.srv.reaper.discard(self.transport)
@@ -147,6 +151,10 @@ async def close_all(writers) -> None:
 
 
 def test_thousand_idle_connections_close_at_idle_timeout(reaper_backend, loop_kind):
+    """Never before idle_timeout after the request was sent (the client's clock), and the
+    p99 close within idle_timeout + 100 ms of the response (the server's clock: the
+    server closes the socket right after connection_lost, so the clients' own wake-ups on
+    a busy loop do not count)."""
     idle = 0.5
     n = 1000
     events = []
@@ -160,27 +168,25 @@ def test_thousand_idle_connections_close_at_idle_timeout(reaper_backend, loop_ki
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 sent = await request(reader, writer)
-                answered = time.monotonic()
-                eof = await wait_for_eof(reader, idle + 5)
-                return eof - sent, eof - answered
+                return await wait_for_eof(reader, idle + 5) - sent
             finally:
                 writer.close()
 
-        results = []
+        since_sent = []
         for start in range(0, n, 250):  # within the listen backlog
-            results += await asyncio.gather(*(client() for _ in range(start, min(n, start + 250))))
+            since_sent += await asyncio.gather(*(client() for _ in range(start, min(n, start + 250))))
         await until(lambda: len(srv.lost) == n)
         await srv.stop()
         assert len(reaper) == 0
         reaper.close()
-        return srv, results
+        return srv, since_sent
 
-    srv, results = run(loop_kind, main)
-    since_sent = sorted(r[0] for r in results)
-    since_answer = sorted(r[1] for r in results)
+    srv, since_sent = run(loop_kind, main)
+    since_sent.sort()
+    since_answer = sorted(srv.lost_at[t] - srv.answered_at[t] for t in srv.transports)
     assert since_sent[0] >= idle - CLOCK_GRAIN, f"closed {idle - since_sent[0]:.4f} s before idle_timeout"
     p99 = since_answer[int(len(since_answer) * 0.99) - 1]
-    assert p99 <= idle + 0.1, f"p99 EOF {p99:.3f} s after the response, idle_timeout {idle}"
+    assert p99 <= idle + 0.1, f"p99 close {p99:.3f} s after the response, idle_timeout {idle}"
     assert events == [Event.IDLE] * n
     assert all(exc is None for _, exc in srv.lost)
 
@@ -462,7 +468,8 @@ def test_one_reader_or_one_timer(backend, mode):
     async def main():
         loop = asyncio.get_running_loop()
         real = backend.load()
-        reaper = KeepaliveReaper(0.3, max_lifetime=0.5, _backend=real if mode == "reader" else _without_fd(real))
+        # deadlines far enough that no connection expires while 200 connect on a busy machine
+        reaper = KeepaliveReaper(20.0, max_lifetime=30.0, _backend=real if mode == "reader" else _without_fd(real))
         srv = Server(reaper)
         port = await srv.start()
         pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(200)]
@@ -472,8 +479,6 @@ def test_one_reader_or_one_timer(backend, mode):
         timers = [h for h in loop._scheduled if not h.cancelled()]
         ours = [h for h in timers if getattr(h._callback, "__self__", None) is reaper]
         readers = [k for k in loop._selector.get_map().values() if getattr(k.data[0], "_callback", None) == reaper._reap]
-        for reader, _ in pairs:
-            await wait_for_eof(reader, 2)
         await close_all([w for _, w in pairs])
         await until(lambda: len(srv.lost) == 200)
         await srv.stop()
