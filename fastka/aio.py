@@ -100,7 +100,7 @@ class KeepaliveReaper:
         self._on_event = on_event
         self._check_limit = max_requests is not None  # in timer mode only: see _bind()
         # transport -> fd given to the manager, in the order the sweep visits them
-        self._fds: "OrderedDict[asyncio.WriteTransport, int]" = OrderedDict()
+        self._fds: OrderedDict[asyncio.WriteTransport, int] = OrderedDict()
         self._transports: Dict[int, asyncio.WriteTransport] = {}  # fd -> transport
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._reader = False  # the manager's fd is a loop reader (else: timer mode)
