@@ -15,8 +15,9 @@ connections tracked at once:
   outside it) and the resident-set growth, for adding N connections.
 
 The transports are stand-ins whose ``close()`` only counts, so the figures are those of the
-bookkeeping, not of the kernel's socket teardown; each holds a real socket (UDP: one fd
-per connection, so 10,000 fit under a 20,000 fd limit) that the reaper's manager watches.
+bookkeeping, not of the kernel's socket teardown; each holds a real established TCP
+connection that the reaper's manager watches: a loopback socket connected to itself
+(TCP's simultaneous open), one fd per connection, so 10,000 fit under a 20,000 fd limit.
 All figures come from one run; the ratios compare them side by side.
 """
 from __future__ import annotations
@@ -33,10 +34,8 @@ import time
 import tracemalloc
 from typing import Any, Callable, Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fastka import _compat  # noqa: E402
-from fastka.aio import KeepaliveReaper  # noqa: E402
+from fastka import _compat
+from fastka.aio import KeepaliveReaper
 
 TIMEOUT = 75.0  # seconds: the idle timeout while touching (nothing expires)
 YIELD_EVERY = 1000  # touches between two turns of the loop
@@ -67,6 +66,18 @@ class Stand:
 
 
 CLOSES = [0]  # close() calls so far
+
+
+def self_connected() -> socket.socket:
+    """An established loopback TCP connection in one socket: connected to its own address."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.connect(sock.getsockname())
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def reopen(conns: List[Stand]) -> None:
@@ -217,7 +228,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     backends = [_compat.load(name) for name in _compat.NAMES if _compat.unavailable_reason(name) is None]
     rng = random.Random(1)
     order = [rng.randrange(n) for _ in range(args.touches)]
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    socks: List[socket.socket] = []
+    try:
+        for _ in range(n):
+            socks.append(self_connected())
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
     conns = [Stand(s) for s in socks]
     print(f"{n} connections, {args.touches} touches, Python {sys.version.split()[0]}")
     try:

@@ -22,28 +22,45 @@ What the reaper does on each :class:`fastka.Event`:
 
 Every event that reaches a tracked transport is passed to ``on_event(transport, event)``
 after the reaper acted on it, and the transport is no longer tracked.
+
+A transport its owner closed without :meth:`~KeepaliveReaper.discard` is forgotten at its
+next event or deadline, or when a sweep reaches it: each :meth:`~KeepaliveReaper.add` and
+each reap check a few tracked transports, in turn, for ``is_closing()``.
+
+Like asyncio's own objects, the reaper is not thread-safe: it is used from the thread of
+its loop, for transports of that loop (from another thread, go through
+``loop.call_soon_threadsafe``).
 """
 from __future__ import annotations
 
 import asyncio
 import io
+import socket
+from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional
 
 from . import _compat
 from ._config import KeepaliveConfig
 from ._types import Event
 
-__all__ = ["KeepaliveReaper", "IO_CHECK"]
+__all__ = ["KeepaliveReaper", "OnEvent", "IO_CHECK"]
 
 IO_CHECK = 1.0
 """Seconds: the longest the timer-driven reaper (no fd to nest, see above) waits between
 two polls while it tracks connections."""
+
+# Tracked transports checked for is_closing() by each add() and each reap: one closed
+# without discard() is dropped within len(reaper) / _SWEEP such calls, so closed ones
+# never outnumber the open ones by much, with no scan per touch and no timer.
+_SWEEP = 4
 
 _GRACEFUL = frozenset((Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME))
 _DEAD = frozenset((Event.RESET, Event.TIMED_OUT, Event.ERROR))
 _TRANSPORT_METHODS = ("get_extra_info", "is_closing", "close", "abort")
 
 OnEvent = Callable[[asyncio.WriteTransport, Event], object]
+"""The type of ``on_event``: called as ``on_event(transport, event)``; what it returns is
+ignored."""
 
 
 class KeepaliveReaper:
@@ -82,7 +99,8 @@ class KeepaliveReaper:
         )
         self._on_event = on_event
         self._check_limit = max_requests is not None  # in timer mode only: see _bind()
-        self._fds: Dict[asyncio.WriteTransport, int] = {}  # transport -> fd given to the manager
+        # transport -> fd given to the manager, in the order the sweep visits them
+        self._fds: OrderedDict[asyncio.WriteTransport, int] = OrderedDict()
         self._transports: Dict[int, asyncio.WriteTransport] = {}  # fd -> transport
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._reader = False  # the manager's fd is a loop reader (else: timer mode)
@@ -96,9 +114,10 @@ class KeepaliveReaper:
         """Start the clocks of ``transport`` (and apply ``keepalive`` to its socket).
 
         Raises ValueError when the reaper is closed, the transport is already tracked or
-        already closing; TypeError when it is not a transport or has no socket;
-        RuntimeError when called off the reaper's loop; OSError when the socket cannot be
-        watched or configured.
+        already closing; TypeError when it is not a transport or its socket is not a
+        stream (TCP) socket; RuntimeError when called off the reaper's loop (the
+        transport must belong to that loop too: asyncio's transports are not
+        thread-safe); OSError when the socket cannot be watched or configured.
         """
         self._check_open()
         if not all(callable(getattr(transport, m, None)) for m in _TRANSPORT_METHODS):
@@ -113,10 +132,14 @@ class KeepaliveReaper:
         sock = transport.get_extra_info("socket")
         if sock is None:
             raise TypeError(f"transport must have a socket (get_extra_info('socket')), {transport!r} has none")
+        kind = getattr(sock, "type", None)
+        if kind != socket.SOCK_STREAM:
+            raise TypeError(f"transport must carry a stream (TCP) socket, {transport!r} has a socket of type {kind!r}")
         fd = sock.fileno()
         if fd < 0:
             raise ValueError(f"the socket of {transport!r} is closed (fileno() -1)")
         self._bind()
+        self._sweep()
         old = self._transports.get(fd)
         if old is not None:  # closed by its owner without discard(); the fd number was reused
             self._forget(old)
@@ -204,6 +227,17 @@ class KeepaliveReaper:
         elif self._loop is not loop:
             raise RuntimeError("a KeepaliveReaper is used from the event loop it was first used on only")
 
+    def _sweep(self) -> None:
+        """Check the _SWEEP least recently checked transports: forget those closed meanwhile, send
+        the others to the back of the line."""
+        fds = self._fds
+        for _ in range(min(_SWEEP, len(fds))):
+            transport = next(iter(fds))
+            if transport.is_closing():
+                self._forget(transport)
+            else:
+                fds.move_to_end(transport)
+
     def _arm(self) -> None:
         """Timer mode: keep the one timer at or before the next deadline, and at most
         IO_CHECK seconds away while connections are tracked. A timer that fires early
@@ -243,6 +277,7 @@ class KeepaliveReaper:
             if transport.is_closing():
                 continue  # closed by its owner meanwhile: nothing to do, nothing to report
             self._act(transport, event)
+        self._sweep()
         if not self._reader and not self._closed:
             self._arm()
 

@@ -2,7 +2,9 @@
 
 A middleware adds each connection to the reaper at its first request and touches it once
 the response has been sent in full, so the request that reaches ``max_requests`` still
-gets its answer before the FIN. aiohttp's own ``keepalive_timeout`` is set above
+gets its answer before the FIN. A request pipelined behind that one finds its connection
+closed: it is not added again, and its response is dropped as aiohttp drops one for a
+client that went away. aiohttp's own ``keepalive_timeout`` is set above
 ``idle_timeout``: the reaper decides. A connection that never sends a request is left to
 aiohttp.
 
@@ -20,7 +22,7 @@ from aiohttp.typedefs import Handler, Middleware
 import fastka
 from fastka.aio import KeepaliveReaper, OnEvent
 
-KEEPALIVE = fastka.KeepaliveConfig(idle=60, interval=10, count=5)
+KEEPALIVE = fastka.KeepaliveConfig()  # fastka's defaults; pass idle=, interval=, count= to change them
 
 
 def reaping(reaper: KeepaliveReaper) -> Middleware:
@@ -31,11 +33,14 @@ def reaping(reaper: KeepaliveReaper) -> Middleware:
         transport = request.transport
         if transport is None:  # the client is already gone
             return await handler(request)
-        if transport not in reaper:
+        if transport not in reaper and not transport.is_closing():  # closing: reaped already
             reaper.add(transport)
         response = await handler(request)
-        await response.prepare(request)
-        await response.write_eof()  # sent in full (aiohttp will not send it again)
+        try:
+            await response.prepare(request)
+            await response.write_eof()  # sent in full (aiohttp will not send it again)
+        except ConnectionError:  # closed meanwhile (a pipelined request behind the limit)
+            return response  # aiohttp finds it closed too and ends quietly
         reaper.touch(transport)
         return response
 

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import fastka
 from fastka.aio import KeepaliveReaper, OnEvent
 
-KEEPALIVE = fastka.KeepaliveConfig(idle=60, interval=10, count=5)
+KEEPALIVE = fastka.KeepaliveConfig()  # fastka's defaults; pass idle=, interval=, count= to change them
 
 
 async def serve(
@@ -31,8 +31,8 @@ async def serve(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         transport = writer.transport
-        reaper.add(transport)
         try:
+            reaper.add(transport)
             while line := await reader.readline():  # b"" once the reaper closed it
                 writer.write(line)
                 reaper.touch(transport)  # one request served

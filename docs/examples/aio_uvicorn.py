@@ -25,7 +25,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 import fastka
 from fastka.aio import KeepaliveReaper, OnEvent
 
-KEEPALIVE = fastka.KeepaliveConfig(idle=60, interval=10, count=5)
+KEEPALIVE = fastka.KeepaliveConfig()  # fastka's defaults; pass idle=, interval=, count= to change them
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
