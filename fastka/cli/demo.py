@@ -137,12 +137,12 @@ def run_once(backend: _compat.Backend, n: int, idle_timeout: float) -> Tuple[boo
         for s in busy:
             s.recv(4096)
         mgr = backend.KeepaliveManager(idle_timeout=idle_timeout)
+        t0 = time.monotonic()  # before the first add: no idle clock starts earlier
         for s in servers:
             mgr.add(s)
 
         expected = {Event.RESET: len(plan["reset"]), Event.PEER_CLOSED: len(plan["half-closed"]),
                     Event.IDLE: len(plan["idle"])}
-        t0 = time.monotonic()
         linger0 = struct.pack("ii", 1, 0)
         for i in plan["reset"]:
             clients[i].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger0)
