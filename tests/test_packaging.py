@@ -24,7 +24,7 @@ SHIPPED = re.compile(
     r"(fastka/(cli/)?[^/]+\.(py|pyi|pyx|pxd)|fastka/py\.typed|src/[^/]+\.[ch]|tests/.+\.py"
     r"|benchmarks/.+\.(py|c)|README\.md|pyproject\.toml|setup\.py|MANIFEST\.in)"
 )
-NEVER_SHIPPED = re.compile(r".*\.(so|pyd|o|pyc)|fastka/_(keepalive|manager)_c\.c|build/.*|wheelhouse/.*")
+NEVER_SHIPPED = re.compile(r".*\.(so|pyd|o|pyc)|fastka/_(keepalive|manager|serve)_c\.c|build/.*|wheelhouse/.*")
 # Directories a copy leaves out when the checkout is not a git work tree.
 NOT_SOURCE = ("build", "dist", "wheelhouse", "*.egg-info", "__pycache__", ".git", ".pytest_cache",
               ".hypothesis", ".benchmarks", ".mypy_cache", "*.so", "*.pyd", "*.o", "*.pyc")
