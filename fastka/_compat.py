@@ -6,8 +6,9 @@ pure-Python fallback, the readable specification). The package, the tests, the C
 no other module imports a backend's modules by name.
 
 ``FASTKA_NO_EXTENSIONS`` set to a non-empty value other than ``"0"`` makes
-:func:`default` return the fallback; :func:`load` still gives either backend by name (the
-tests and ``fastka bench`` compare them side by side).
+:func:`default` return the fallback and :func:`available` (what demo and bench compare) offer
+only the fallback; :func:`load` still gives either backend by name (the tests compare them
+side by side).
 """
 from __future__ import annotations
 
