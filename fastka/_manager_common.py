@@ -14,7 +14,7 @@ import os
 import numbers
 import socket
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from ._config import KeepaliveConfig
 from ._types import Event
@@ -36,9 +36,10 @@ def timeout_ms(name: str, value: object) -> Optional[int]:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds (int or float) or None, not {type(value).__name__}: {value!r}")
-    if not (value > 0 and value <= MAX_TIMEOUT):  # also rejects NaN; no float() of a huge int
+    seconds = cast(float, value)  # a numbers.Real: compared as it is, no float() of a huge int
+    if not (seconds > 0 and seconds <= MAX_TIMEOUT):  # also rejects NaN
         raise ValueError(f"{name}={value!r} must be seconds > 0 and <= {MAX_TIMEOUT:.0e} (about 31 years), or None for never")
-    return math.ceil(float(value) * 1000) + 1
+    return math.ceil(float(seconds) * 1000) + 1
 
 
 def poll_timeout_ms(timeout: object) -> Optional[int]:
@@ -48,11 +49,12 @@ def poll_timeout_ms(timeout: object) -> Optional[int]:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds (int or float) or None, not {type(timeout).__name__}: {timeout!r}")
-    if not timeout >= 0:  # negative or NaN
+    seconds = cast(float, timeout)  # a numbers.Real, compared as it is
+    if not seconds >= 0:  # negative or NaN
         raise ValueError(f"timeout={timeout!r} must be >= 0 seconds, or None to wait for an event")
-    if timeout > MAX_TIMEOUT:
+    if seconds > MAX_TIMEOUT:
         return None
-    return math.ceil(float(timeout) * 1000)
+    return math.ceil(float(seconds) * 1000)
 
 
 def requests(value: object) -> Optional[int]:
@@ -61,9 +63,10 @@ def requests(value: object) -> Optional[int]:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"max_requests must be an int >= 1 or None, not {type(value).__name__}: {value!r}")
-    if not 1 <= value <= MAX_REQUESTS:
+    count = cast(int, value)  # a numbers.Integral
+    if not 1 <= count <= MAX_REQUESTS:
         raise ValueError(f"max_requests={value!r} must be an int in 1..{MAX_REQUESTS}, or None for unlimited")
-    return int(value)
+    return int(count)
 
 
 def keepalive_config(value: object) -> Optional[KeepaliveConfig]:
