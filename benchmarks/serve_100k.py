@@ -99,15 +99,37 @@ def tree_pids(pid: int) -> List[int]:
     return pids
 
 
-def rss_kib(pids: List[int]) -> int:
+def proc_kib(pids: List[int], path: str, field: str) -> int:
+    """The sum of ``field`` (kB) in /proc/PID/``path`` over ``pids``; a process that is gone
+    counts 0."""
     total = 0
     for p in pids:
         try:
-            with open(f"/proc/{p}/status") as f:
-                total += int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+            with open(f"/proc/{p}/{path}") as f:
+                total += int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
         except (OSError, AttributeError):
             pass
     return total
+
+
+def rss_kib(pids: List[int]) -> int:
+    return proc_kib(pids, "status", "VmRSS")
+
+
+def pss_kib(pids: List[int]) -> int:
+    return proc_kib(pids, "smaps_rollup", "Pss")
+
+
+def stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> None:
+    """Send ``sig`` (the server's graceful stop) and wait ``timeout`` seconds, then kill."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for p in tree_pids(proc.pid):
+            os.kill(p, signal.SIGKILL)
+        proc.wait()
 
 
 def cpu_seconds(pids: List[int]) -> float:
@@ -154,14 +176,7 @@ class Fastka:
         return tree_pids(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=self.timeout + 15)
-        except subprocess.TimeoutExpired:
-            for p in self.pids():
-                os.kill(p, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, self.timeout + 15)
 
 
 class Nginx:
@@ -201,13 +216,7 @@ class Nginx:
         return tree_pids(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful
-        try:
-            self.proc.wait(timeout=self.timeout + 15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, signal.SIGQUIT, self.timeout + 15)  # SIGQUIT: nginx's graceful stop
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

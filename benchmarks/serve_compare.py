@@ -33,7 +33,7 @@ import time
 from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_100k import ROOT, Nginx, raise_nofile, rss_kib, tree_pids  # noqa: E402
+from serve_100k import ROOT, Nginx, pss_kib, raise_nofile, rss_kib, stop_process, tree_pids  # noqa: E402
 
 UVICORN_APP = '''
 BODY = b"Hello from uvicorn\\n"
@@ -44,17 +44,6 @@ async def app(scope, receive, send):
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(BODY))]})
     await send({"type": "http.response.body", "body": BODY})
 '''
-
-
-def pss_kib(pids: List[int]) -> int:
-    total = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                total += int(re.search(r"Pss:\s+(\d+) kB", f.read()).group(1))
-        except (OSError, AttributeError):
-            pass
-    return total
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
@@ -89,13 +78,7 @@ class FastkaServe:
         return tree_pids(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 20)
 
 
 class Uvicorn:
@@ -119,13 +102,7 @@ class Uvicorn:
         return tree_pids(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 20)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -26,13 +26,10 @@ import subprocess
 import sys
 import time
 
+from serve_100k import rss_kib  # noqa: E402  (this folder is sys.path[0] when run as a script)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQ = b"GET / HTTP/1.1\r\nHost: flood\r\n\r\n"
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
 
 def start(tree: str, backend: str, *flags: str) -> "tuple[subprocess.Popen, int]":
@@ -87,7 +84,7 @@ def measure(tree: str, backend: str, flood: str, seconds: float, clients: int) -
     proc, port = start(tree, backend, *(("--max-requests", "1000000") if flood == "noread" else ()))
     try:
         time.sleep(0.3)
-        first = rss_kib(proc.pid)
+        first = rss_kib([proc.pid])
         until = time.monotonic() + seconds
         target = pipeline_client if flood == "pipeline" else noread_client
         procs = [multiprocessing.Process(target=target, args=(port, until)) for _ in range(clients)]
@@ -95,7 +92,7 @@ def measure(tree: str, backend: str, flood: str, seconds: float, clients: int) -
             p.start()
         peak = first
         while time.monotonic() < until:
-            peak = max(peak, rss_kib(proc.pid))
+            peak = max(peak, rss_kib([proc.pid]))
             time.sleep(0.1)
         for p in procs:
             p.join(timeout=10)
@@ -103,7 +100,7 @@ def measure(tree: str, backend: str, flood: str, seconds: float, clients: int) -
                 p.kill()
                 p.join()
         time.sleep(2.0)
-        after = rss_kib(proc.pid)
+        after = rss_kib([proc.pid])
     finally:
         proc.terminate()
         try:
