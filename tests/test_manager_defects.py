@@ -21,17 +21,6 @@ from fastka import Event, KeepaliveConfig
 # -- issue 12: one conversion of user_timeout ------------------------------------------
 
 
-def test_keepalive_user_timeout_set_as_set_keepalive_sets_it(mgr_factory, backend, tcp_pair):
-    """2.007 s is 2007 ms through the manager exactly as through set_keepalive."""
-    client, server = tcp_pair
-    cfg = KeepaliveConfig(idle=30, interval=5, count=3, user_timeout=2.007)
-    m = mgr_factory(None, keepalive=cfg, close=False)
-    m.add(server)
-    backend.set_keepalive(client, cfg)
-    got = server.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-    assert got == client.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2007
-
-
 # -- issue 13 -----------------------------------------------------------------------
 
 
