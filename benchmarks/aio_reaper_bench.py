@@ -34,7 +34,7 @@ import time
 import tracemalloc
 from typing import Any, Callable, Dict, List, Optional
 
-from fastka import _compat
+from fastka import _backends
 from fastka.aio import KeepaliveReaper
 
 TIMEOUT = 75.0  # seconds: the idle timeout while touching (nothing expires)
@@ -225,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < n + 200 <= hard or (hard == resource.RLIM_INFINITY and soft < n + 200):
         resource.setrlimit(resource.RLIMIT_NOFILE, (n + 200, hard))
-    backends = [_compat.load(name) for name in _compat.NAMES if _compat.unavailable_reason(name) is None]
+    backends = [_backends.load(name) for name in _backends.NAMES if _backends.unavailable_reason(name) is None]
     rng = random.Random(1)
     order = [rng.randrange(n) for _ in range(args.touches)]
     socks: List[socket.socket] = []

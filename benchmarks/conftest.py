@@ -1,6 +1,6 @@
 """Fixtures of the pytest-benchmark suites (`pytest benchmarks --benchmark-only`).
 
-Every scenario is parametrized over the backends of ``fastka._compat`` and grouped per
+Every scenario is parametrized over the backends of ``fastka._backends`` and grouped per
 scenario and size (`group="<scenario> N=<n>"`), so that the compiled backend, the
 fallback and the floor stand side by side in pytest-benchmark's table.
 FASTKA_NO_EXTENSIONS leaves only the "python" backend, as everywhere.
@@ -10,14 +10,14 @@ from __future__ import annotations
 import pytest
 from harness import SIZES, Floor, Pool
 
-from fastka import _compat
+from fastka import _backends
 
-BACKENDS = _compat.NAMES
+BACKENDS = _backends.NAMES
 
 
-def load_backend(name: str) -> _compat.Backend:
+def load_backend(name: str) -> _backends.Backend:
     """Backend ``name``; skips with the reason where it cannot run."""
-    chosen, reasons = _compat.available([name])
+    chosen, reasons = _backends.available([name])
     if not chosen:
         pytest.skip(reasons[name])
     return chosen[0]

@@ -19,7 +19,7 @@ import sysconfig
 import tempfile
 from typing import List, Optional, Sequence
 
-from fastka import _compat
+from fastka import _backends
 from fastka.cli import raise_fd_limit
 from fastka.cli.bench import CONFIG, Pool, default_sizes, tick
 
@@ -102,7 +102,7 @@ def memory_main(backend: str, n: int) -> None:
     """In a child process: bytes per connection a manager adds (RSS and malloc deltas over
     n connections; the sockets exist before and after). Prints JSON."""
     raise_fd_limit()
-    Manager = _compat.load(backend).KeepaliveManager
+    Manager = _backends.load(backend).KeepaliveManager
     with Pool(n) as pool:
         warm = Manager(None, close=False)  # first-use allocations (module state, code paths)
         warm.add(pool.socks[0])

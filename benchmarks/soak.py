@@ -3,7 +3,7 @@ that open fds, the manager's count and the process's memory stay flat.
 
     python benchmarks/soak.py --duration 600 [--backend c|python] [--report-every 5]
 
-The backend defaults to the one fastka uses (``fastka._compat.default()``, so
+The backend defaults to the one fastka uses (``fastka._backends.default()``, so
 FASTKA_NO_EXTENSIONS=1 gives "python"); asking for "c" while FASTKA_NO_EXTENSIONS is set is
 an error.
 
@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 
-from fastka import Event, _compat
+from fastka import Event, _backends
 from fastka.cli import _args
 
 IDLE_TIMEOUT = 0.3
@@ -143,7 +143,7 @@ def client(port: int, concurrency: int) -> None:
 
 
 def soak(duration: float, backend: str, report_every: float, concurrency: int, rss_tolerance: float) -> int:
-    Manager = _compat.load(backend).KeepaliveManager
+    Manager = _backends.load(backend).KeepaliveManager
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
@@ -290,7 +290,7 @@ def soak(duration: float, backend: str, report_every: float, concurrency: int, r
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=_args.seconds(1, 7 * 86400), default=60.0, help="seconds to churn (default 60)")
-    p.add_argument("--backend", choices=_compat.NAMES, default=None,
+    p.add_argument("--backend", choices=_backends.NAMES, default=None,
                    help="default: the backend fastka uses (FASTKA_NO_EXTENSIONS gives python)")
     p.add_argument("--report-every", type=_args.seconds(0.1, 3600), default=5.0,
                    help="seconds between checks (default 5)")
@@ -304,9 +304,9 @@ def main(argv=None) -> int:
         client(a.client, a.concurrency)
         return 0
     if a.backend is None:
-        a.backend = _compat.default().name
+        a.backend = _backends.default().name
     else:
-        _, reasons = _compat.available([a.backend])
+        _, reasons = _backends.available([a.backend])
         if reasons:
             p.error(f"argument --backend: {a.backend} cannot run: {reasons[a.backend]}")
     return soak(a.duration, a.backend, a.report_every, a.concurrency, a.rss_tolerance)

@@ -4,11 +4,11 @@ The compiled backend (Cython over C) is used when it imports; otherwise the pure
 fallback. Set FASTKA_NO_EXTENSIONS to a non-empty value other than "0" to force the
 fallback. ``IMPLEMENTATION`` says which one this process uses.
 """
-from . import _compat
+from . import _backends
 from ._config import KeepaliveConfig, system_defaults
 from ._types import Event, HasFileno, KeepaliveState, SocketLike, TcpInfo
 
-_backend = _compat.default()
+_backend = _backends.default()
 IMPLEMENTATION: str = _backend.name
 
 set_keepalive = _backend.set_keepalive

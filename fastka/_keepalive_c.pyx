@@ -12,10 +12,6 @@ import socket
 
 from libc.stdlib cimport free, malloc
 
-from fastka._ckeepalive cimport (
-    fk_find_dead, fk_get_tcp_info, fk_sockopt, fk_sockopt_apply, fk_sockopt_match, fk_sockopt_read,
-    fk_tcp_info,
-)
 
 from ._fd import _FD_MAX as FD_MAX, fd_of
 

@@ -25,17 +25,9 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
 from libc.stdlib cimport free, malloc
 from posix.stat cimport fstat, struct_stat
 
-from fastka._ckeepalive cimport fk_sockopt, fk_sockopt_apply, fk_sockopt_match
-from fastka._cmanager cimport (
-    EPOLLRDHUP, FK_EV_ERROR, FK_EV_IDLE, FK_EV_MAX_LIFETIME, FK_EV_MAX_REQUESTS, FK_EV_NONE,
-    FK_EV_PEER_CLOSED, FK_EV_READABLE, FK_EV_RESET, FK_EV_TIMED_OUT, FK_MAX_REQUESTS,
-    FK_NEVENTS, FK_OWN_CONTROL, FK_OWN_STALE, FK_SLOT_STEP, epoll_event, fk_manager, fk_mgr_add,
-    fk_mgr_arm, fk_mgr_classify, fk_mgr_destroy, fk_mgr_draining, fk_mgr_earliest, fk_mgr_forget, fk_mgr_has,
-    fk_mgr_init, fk_mgr_next_expired, fk_mgr_now, fk_mgr_owner, fk_mgr_queued, fk_mgr_rebuild,
-    fk_mgr_remove, fk_mgr_touch, fk_mgr_wait, fk_mgr_wake, fk_pysocket_fd,
-)
+from fastka._keepalive_c cimport fk_sockopt, fk_sockopt_apply, fk_sockopt_match
 
-from . import _manager_common as common
+from . import _manager as common
 from ._errors import keepalive_error
 from ._fd import fd_of
 from ._types import Event

@@ -9,7 +9,7 @@ watches every connection; two OrderedDicts keep the timers:
 
 Time is integer milliseconds of a monotonic clock (``_set_clock`` swaps the clock, for
 tests). A deadline has passed when ``now_ms >= deadline_ms``. Timeouts round UP to whole
-milliseconds (``fastka._manager_common``), the clock reading rounds down.
+milliseconds (``fastka._manager``), the clock reading rounds down.
 
 Event order within one ``poll``: MAX_REQUESTS (in the order the limit was reached by
 ``touch``), then I/O events (in the kernel's order), then expiries by deadline; among
@@ -55,7 +55,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
-from . import _manager_common as common
+from . import _manager as common
 from ._config import KeepaliveConfig
 from ._fd import fd_of
 from ._liveness_py import PEEK_DATA, PEEK_EMPTY, PEEK_EOF, error_event, peek, pending_error

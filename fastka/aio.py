@@ -39,7 +39,7 @@ import socket
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional
 
-from . import _compat
+from . import _backends
 from ._config import KeepaliveConfig
 from ._types import Event
 
@@ -84,11 +84,11 @@ class KeepaliveReaper:
         max_lifetime: Optional[float] = None,
         keepalive: Optional[KeepaliveConfig] = None,
         on_event: Optional[OnEvent] = None,
-        _backend: Optional[_compat.Backend] = None,
+        _backend: Optional[_backends.Backend] = None,
     ) -> None:
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be a callable(transport, event) or None, not {type(on_event).__name__}: {on_event!r}")
-        backend = _compat.default() if _backend is None else _backend
+        backend = _backends.default() if _backend is None else _backend
         self._mgr: Any = backend.KeepaliveManager(
             idle_timeout,
             max_requests=max_requests,

@@ -12,15 +12,15 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import netns  # noqa: E402
 
-from fastka import _compat  # noqa: E402
+from fastka import _backends  # noqa: E402
 
-BACKENDS = _compat.NAMES
+BACKENDS = _backends.NAMES
 
 
 class Backend:
     """The public API of one backend: ``backend.set_keepalive(...)``, ``backend.KeepaliveManager``.
 
-    The backend loads lazily (through fastka._compat, as the package does), so a compiled
+    The backend loads lazily (through fastka._backends, as the package does), so a compiled
     backend that is missing skips only the tests that use it (or fails them when
     FASTKA_REQUIRE_EXTENSION is set, as in CI).
     """
@@ -31,10 +31,10 @@ class Backend:
     def __repr__(self) -> str:
         return f"<backend {self.name}>"
 
-    def load(self) -> _compat.Backend:
+    def load(self) -> _backends.Backend:
         try:
-            return _compat.load(self.name)
-        except _compat.BackendUnavailable as exc:
+            return _backends.load(self.name)
+        except _backends.BackendUnavailable as exc:
             if os.environ.get("FASTKA_REQUIRE_EXTENSION"):
                 pytest.fail(f"{exc}, but FASTKA_REQUIRE_EXTENSION is set")
             pytest.skip(str(exc))
@@ -103,26 +103,44 @@ def dead_peer_link():
 
 
 def _open_fds():
+    """{fd: what it points at} for this process (socket:[inode], a path, ...); None off Linux."""
     try:
-        return set(os.listdir("/proc/self/fd"))
+        names = os.listdir("/proc/self/fd")
     except OSError:
         return None
+    fds = {}
+    for name in names:
+        try:
+            fds[name] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the fd listdir itself used, closed since
+            pass
+    return fds
 
 
 @pytest.fixture(autouse=True)
 def no_fd_leak(request):
-    """Fail a test that leaves file descriptors open (Linux; skipped for marked tests)."""
+    """Fail a test that leaves file descriptors open (Linux; skipped for marked tests).
+
+    Free when nothing changed: the fd table is compared before and after the test, and only
+    a difference pays for gc.collect() (an unreachable socket closes when collected) and a
+    second look.
+    """
     if request.node.get_closest_marker("allow_fd_change"):
         yield
         return
-    gc.collect()
     before = _open_fds()
     yield
     if before is None:
         return
-    gc.collect()
-    leaked = _open_fds() - before
-    leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
-    if leaked:
-        what = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
-        pytest.fail(f"test left file descriptors open: {what}")
+    after = _open_fds()
+    if _leaked(before, after):
+        gc.collect()
+        after = _open_fds()
+        leaked = _leaked(before, after)
+        if leaked:
+            pytest.fail(f"test left file descriptors open: {leaked}")
+
+
+def _leaked(before, after):
+    """The fds open in ``after`` that were not open, or pointed elsewhere, in ``before``."""
+    return {fd: what for fd, what in after.items() if before.get(fd) != what}

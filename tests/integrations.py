@@ -23,8 +23,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import fastka
+from repo import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
 LINUX = sys.platform.startswith("linux")
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .. import _compat
+from .. import _backends
 from .._config import KeepaliveConfig
 from . import _args, loopback_room
 from ._progress import Progress
@@ -230,7 +230,7 @@ FLOORS = {
 class Bench:
     """Runs the scenarios on ``chosen`` backends; ``rows`` collects the results."""
 
-    def __init__(self, chosen: Sequence[_compat.Backend], sizes: Sequence[int], repeat: int, progress) -> None:
+    def __init__(self, chosen: Sequence[_backends.Backend], sizes: Sequence[int], repeat: int, progress) -> None:
         self.backends = list(chosen)
         self.sizes = list(sizes)
         self.repeat = repeat
@@ -484,7 +484,7 @@ def run(args: argparse.Namespace) -> int:
               f" {max(sizes, default=10)}", file=sys.stderr)
         return 2
     repeat = args.repeat or (3 if args.quick else 15)
-    chosen, skipped = _compat.available()
+    chosen, skipped = _backends.available()
     names = [b.name for b in chosen]
     for name, why in skipped.items():
         print(f"backend {name}: skipped ({why})")

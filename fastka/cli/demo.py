@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Dict, List, Tuple
 
-from .. import _compat
+from .. import _backends
 from .._config import KeepaliveConfig
 from .._types import Event
 from . import _args, loopback_room
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              " fewer if the open-file limit or the port range is low)")
     parser.add_argument("--idle-timeout", type=_args.seconds(0.1, 60), default=2.0, metavar="SECONDS",
                         help="the manager's idle timeout (default 2)")
-    parser.add_argument("--backend", choices=(*_compat.NAMES, "both"), default="both",
+    parser.add_argument("--backend", choices=(*_backends.NAMES, "both"), default="both",
                         help="backend(s) to run on (default both, one after the other)")
 
 
@@ -90,7 +90,7 @@ def _best(fn, times: int = 5) -> float:
     return best
 
 
-def run_once(backend: _compat.Backend, n: int, idle_timeout: float) -> Tuple[bool, Dict[str, float]]:
+def run_once(backend: _backends.Backend, n: int, idle_timeout: float) -> Tuple[bool, Dict[str, float]]:
     """One demo run; returns (counts matched, seconds per connection of each cost measured)."""
     print(f"== backend {backend.name}: {n} connections, idle timeout {idle_timeout:g} s ==")
     listener, clients, servers = _open_pairs(n)
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     if n < 10:
         print(f"fastka demo: error: {why} leaves room for {n} connections; need at least 10", file=sys.stderr)
         return 2
-    chosen, skipped = _compat.available()
+    chosen, skipped = _backends.available()
     if args.backend != "both":
         picked = [b for b in chosen if b.name == args.backend]
         if not picked:

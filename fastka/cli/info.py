@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import _compat
+from .. import _backends
 from .._config import MIDDLEBOX_IDLE_TIMEOUTS
 
 
@@ -28,10 +28,10 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     if fastka.IMPLEMENTATION == "c":
         what = "compiled C core"
-    elif _compat.extensions_disabled():
-        what = f"pure-Python fallback, forced by {_compat.ENV_NO_EXTENSIONS}"
+    elif _backends.extensions_disabled():
+        what = f"pure-Python fallback, forced by {_backends.ENV_NO_EXTENSIONS}"
     else:
-        what = f"pure-Python fallback; {_compat.unavailable_reason('c')}"
+        what = f"pure-Python fallback; {_backends.unavailable_reason('c')}"
     out.write(f"fastka {fastka.__version__}, backend: {fastka.IMPLEMENTATION} ({what})\n")
     try:
         d = fastka.system_defaults()

@@ -57,13 +57,13 @@ import traceback
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import _compat
+from .. import _backends
 
 try:
     import httptools
 except ImportError:  # run() says what to install
     httptools = None
-from .._manager_common import MAX_TIMEOUT
+from .._manager import MAX_TIMEOUT
 from .._types import Event
 from ._args import integer, seconds
 
@@ -132,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TCP keepalive on the listener, inherited by every connection, as nginx so_keepalive= (seconds:seconds:count)")
     parser.add_argument("--workers", type=integer(1, MAX_WORKERS), default=1, metavar="N",
                         help=f"worker processes sharing the port with SO_REUSEPORT, each with its own manager (default 1, at most {MAX_WORKERS})")
-    parser.add_argument("--backend", choices=_compat.NAMES,
+    parser.add_argument("--backend", choices=_backends.NAMES,
                         help="fastka backend (default: the one this process uses)")
 
 
@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastka serve: error: {EXTRA_HINT}", file=sys.stderr)
         return 2
     try:
-        backend = _compat.default() if args.backend is None else _compat.load(args.backend)
-    except _compat.BackendUnavailable as exc:
+        backend = _backends.default() if args.backend is None else _backends.load(args.backend)
+    except _backends.BackendUnavailable as exc:
         print(f"fastka serve: error: --backend {args.backend}: {exc}", file=sys.stderr)
         return 2
     options = dict(keepalive_timeout=args.keepalive_timeout, max_requests=args.max_requests,

@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from repo import ROOT
 
 
-SOAK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "soak.py")
+SOAK = os.path.join(ROOT, "benchmarks", "soak.py")
 
 
 @pytest.mark.slow

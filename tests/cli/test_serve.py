@@ -18,8 +18,8 @@ import sys
 import time
 
 import pytest
+from repo import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest.importorskip("httptools", reason="fastka serve needs the serve extra (httptools)")
 
 

@@ -16,8 +16,8 @@ import sys
 import tarfile
 
 import pytest
+from repo import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Files of the checkout that must reach the sdist: the package (Python, Cython, stubs), the
 # C core, the tests, the benchmarks and the build configuration.
 SHIPPED = re.compile(
@@ -92,7 +92,7 @@ def test_sdist_carries_the_sources_the_tests_and_no_build_products(checkout, sdi
         top = tf.getnames()[0].split("/")[0]
         names = {n[len(top) + 1:] for n in tf.getnames() if n.startswith(top + "/")}
     expected = {f for f in files if SHIPPED.fullmatch(f)}
-    assert {"fastka/_keepalive_c.pyx", "fastka/_ckeepalive.pxd", "src/sockopt.c", "src/sockopt.h",
+    assert {"fastka/_keepalive_c.pyx", "fastka/_keepalive_c.pxd", "src/sockopt.c", "src/sockopt.h",
             "tests/conftest.py", "setup.py", "pyproject.toml"} <= expected
     assert sorted(expected - names) == []
     assert sorted(n for n in names if NEVER_SHIPPED.fullmatch(n)) == []

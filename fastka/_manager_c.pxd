@@ -1,4 +1,4 @@
-# Declarations of the manager core (src/manager.h, src/events.h) for fastka/_manager_c.pyx.
+# Declarations of the manager C core (src/manager.h, src/events.h), shared with fastka/_manager_c.pyx.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef extern from "<sys/epoll.h>" nogil:

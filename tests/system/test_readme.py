@@ -8,8 +8,8 @@ import re
 import socket
 
 import pytest
+from repo import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 
 

@@ -12,11 +12,11 @@ import sys
 import pytest
 
 import fastka
-from fastka import _compat, cli
+from fastka import _backends, cli
 from fastka._config import MIDDLEBOX_IDLE_TIMEOUTS
+from repo import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NO_EXT = {_compat.ENV_NO_EXTENSIONS: "1"}
+NO_EXT = {_backends.ENV_NO_EXTENSIONS: "1"}
 
 
 def fastka_cmd(*args: str, env: dict = None, timeout: float = 120, module: str = "fastka") -> subprocess.CompletedProcess:
@@ -27,7 +27,7 @@ def fastka_cmd(*args: str, env: dict = None, timeout: float = 120, module: str =
 
 def need(name: str) -> None:
     """Skip (or fail, where FASTKA_REQUIRE_EXTENSION is set) when backend ``name`` is missing."""
-    chosen, reasons = _compat.available([name])
+    chosen, reasons = _backends.available([name])
     if not chosen:
         if os.environ.get("FASTKA_REQUIRE_EXTENSION"):
             pytest.fail(f"{reasons[name]}, but FASTKA_REQUIRE_EXTENSION is set")
@@ -135,7 +135,7 @@ def test_demo_compares_the_backends():
     need("c")
     r = fastka_cmd("demo", "--connections", "200", "--idle-timeout", "0.5")
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in _compat.NAMES:
+    for name in _backends.NAMES:
         _demo_report(r.stdout, name, 200, 500)
     table = r.stdout.split("\n\n")[-1].splitlines()
     assert table[0].split() == ["cost", "c", "python", "python/c"] and set(table[1]) == {"-", " "}
@@ -146,7 +146,7 @@ def test_demo_compares_the_backends():
     assert "opening connections [" in r.stderr
 
 
-@pytest.mark.parametrize("name", _compat.NAMES)
+@pytest.mark.parametrize("name", _backends.NAMES)
 def test_demo_on_one_backend(name):
     need(name)
     r = fastka_cmd("demo", "--connections", "100", "--idle-timeout", "0.3", "--backend", name)

@@ -13,6 +13,7 @@ import pytest
 
 from fastka import KeepaliveConfig
 from fastka._config import DEFAULT
+from repo import ROOT
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"),
@@ -60,7 +61,7 @@ def _implementation(env_value):
         env["FASTKA_NO_EXTENSIONS"] = env_value
     out = subprocess.run(
         [sys.executable, "-c", "import fastka; print(fastka.IMPLEMENTATION)"],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=ROOT,
         env=env, capture_output=True, text=True, timeout=60, check=True,
     )
     return out.stdout.strip()
@@ -453,7 +454,7 @@ def test_every_public_function_has_the_same_signature_on_both_backends(backend):
     import inspect
 
     from fastka import _keepalive
-    from fastka._compat import load
+    from fastka._backends import load
 
     reference = load("python")
     for name in _keepalive.PUBLIC:

@@ -14,8 +14,8 @@ import pytest
 
 import fastka
 from fastka import _platform
+from repo import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(DOCS, "conf.py")),
                                 reason="docs/ is not beside the tests (installed-wheel run)")

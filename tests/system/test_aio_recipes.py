@@ -19,8 +19,9 @@ import pytest
 import fastka
 from fastka import Event
 from aio_helpers import CLOCK_GRAIN, loop_kind, run  # noqa: F401  (loop_kind is a fixture)
+from repo import ROOT
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "examples")
+EXAMPLES = os.path.join(ROOT, "docs", "examples")
 RECIPES = ("aio_streams", "aio_aiohttp", "aio_uvicorn")
 IDLE = 0.4
 MAX_REQUESTS = 3
@@ -74,7 +75,7 @@ async def ask_reply(name: str, reader) -> None:
 
 @pytest.fixture
 def on_backend(backend, monkeypatch):
-    """The backend the recipes get from fastka._compat.default(): the environment decides."""
+    """The backend the recipes get from fastka._backends.default(): the environment decides."""
     if backend.name == "python":
         monkeypatch.setenv("FASTKA_NO_EXTENSIONS", "1")
     else:

@@ -1,4 +1,5 @@
-"""Manager defects from issues 12, 13 and 14, each a test on both backends."""
+"""The manager under careless use, each on both backends: re-init, close() racing add(), dup()-ed
+sockets closed behind it, exceptions from user close(), the event-source fileno()."""
 from __future__ import annotations
 
 import asyncio
@@ -378,16 +379,16 @@ def test_exception_from_close_never_escapes_poll(mgr_factory, listener, exc):
 
 def test_event_values_are_the_c_enum():
     """fastka.Event and src/events.h are one list: the compiled module exports its codes."""
-    from fastka import _compat, _manager_common
+    from fastka import _backends, _manager
 
     try:
-        manager = _compat.load("c").manager
-    except _compat.BackendUnavailable as exc:
+        manager = _backends.load("c").manager
+    except _backends.BackendUnavailable as exc:
         pytest.skip(str(exc))
     if not hasattr(manager, "EVENT_CODES"):
         pytest.skip("the compiled manager is not built on this platform")
     assert manager.EVENT_CODES == {e.name: int(e) for e in Event}
-    assert manager.MAX_REQUESTS_C == _manager_common.MAX_REQUESTS
+    assert manager.MAX_REQUESTS_C == _manager.MAX_REQUESTS
 
 
 # -- the manager under asyncio's loop and uvloop, fed transport sockets ---------------
@@ -470,13 +471,13 @@ def test_transport_sockets_under_event_loops(loops_warmed, backend, new_loop):
 def test_keepalive_on_a_udp_socket_same_error_on_both_backends():
     """The manager applies keepalive through set_keepalive's plan on both backends, so a
     socket that refuses it fails with the same error, naming the same option."""
-    from fastka import _compat
+    from fastka import _backends
 
     msgs = []
-    for name in _compat.NAMES:
+    for name in _backends.NAMES:
         try:
-            backend = _compat.load(name)
-        except _compat.BackendUnavailable as exc:
+            backend = _backends.load(name)
+        except _backends.BackendUnavailable as exc:
             pytest.skip(str(exc))
         m = backend.KeepaliveManager(None, keepalive=KeepaliveConfig(user_timeout=2.007))
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

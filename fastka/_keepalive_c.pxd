@@ -1,5 +1,5 @@
-# Declarations of fastka's C core (src/sockopt.h, src/liveness.h) for Cython modules:
-# `from fastka._ckeepalive cimport ...`.
+# Declarations of fastka's keepalive C core (src/sockopt.h, src/liveness.h): shared with
+# fastka/_keepalive_c.pyx, and `from fastka._keepalive_c cimport ...` elsewhere.
 
 cdef extern from "sockopt.h" nogil:
     struct fk_sockopt:

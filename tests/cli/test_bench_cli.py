@@ -16,12 +16,12 @@ import sys
 
 import pytest
 
-from fastka import _compat
+from fastka import _backends
 from fastka.cli.bench import FLOORS
 
 from test_cli import need
+from repo import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "fastka")
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the scenarios use Linux's epoll")
@@ -72,7 +72,7 @@ def test_plot_without_matplotlib(tmp_path):
 
 def test_no_extensions_runs_only_python(tmp_path):
     out = tmp_path / "bench.json"
-    proc = bench("--sizes", "20", "--repeat", "1", "--json", str(out), env={_compat.ENV_NO_EXTENSIONS: "1"})
+    proc = bench("--sizes", "20", "--repeat", "1", "--json", str(out), env={_backends.ENV_NO_EXTENSIONS: "1"})
     data = json.loads(out.read_text())
     check_run(proc, data, ["python"], [20])
     assert proc.stdout.startswith("backend c: skipped (FASTKA_NO_EXTENSIONS=1 forces the python backend)\n")
@@ -89,7 +89,7 @@ def test_runs_from_the_package_alone(tmp_path):
     out = work / "bench.json"
     proc = bench("--sizes", "20", "--repeat", "1", "--json", str(out), cwd=str(work), pythonpath=str(site))
     data = json.loads(out.read_text())
-    names = [b.name for b in _compat.available()[0]]
+    names = [b.name for b in _backends.available()[0]]
     check_run(proc, data, names, [20])
     probe = subprocess.run([sys.executable, "-c", "import fastka.cli.bench as b; print(b.__file__)"], cwd=str(work),
                            env=dict(os.environ, PYTHONPATH=str(site)), capture_output=True, text=True)
