@@ -1,8 +1,11 @@
-"""Build the compiled backend: Cython bindings in fastka/ linked with the C core in src/.
+"""Build the compiled backend: Cython bindings in fastka/ linked with the C core in src/;
+and, apart from it, the fast path of ``fastka serve`` (src/serve/).
 
 Building is optional. Where there is no compiler (or the build fails for any other
 reason) the install still succeeds, with a one-line warning, and fastka runs on its
-pure-Python fallback.
+pure-Python fallback. The serve fast path is an application's extension, not the
+library's: its failure leaves the library's extensions alone (and serve on its Python
+path), and the library's never depends on it.
 """
 import os
 import sys
@@ -16,8 +19,6 @@ from setuptools.command.build_ext import build_ext
 EXTENSIONS = {
     "fastka._keepalive_c": ["fastka/_keepalive_c.pyx", "src/sockopt.c", "src/liveness.c"],
 }
-# The keep-alive hot path of `fastka serve` (plain GET/HEAD requests answered in C).
-EXTENSIONS["fastka._serve_c"] = ["fastka/_serve_c.pyx", "src/http_simple.c"]
 if sys.platform.startswith("linux"):
     EXTENSIONS["fastka._manager_c"] = [
         "fastka/_manager_c.pyx",
@@ -31,6 +32,11 @@ elif sys.platform.startswith("sunos"):  # Solaris and illumos keep the socket ca
     LIBRARIES = ["socket", "nsl"]
 else:
     LIBRARIES = []
+# The applications' extensions: (sources, include directory), built after the library's and
+# each on its own.
+APPLICATION_EXTENSIONS = {
+    "fastka.cli.serve._fastpath": (["fastka/cli/serve/_fastpath.pyx", "src/serve/http_simple.c"], "src/serve"),
+}
 
 
 def extensions():
@@ -46,6 +52,7 @@ def extensions():
         )
         for name, sources in EXTENSIONS.items()
     ]
+    mods += [Extension(name, sources, include_dirs=[include]) for name, (sources, include) in APPLICATION_EXTENSIONS.items()]
     # binding=True: compiled functions and methods carry their signatures (inspect.signature,
     # help()) as Python ones do.
     return cythonize(mods, language_level=3, compiler_directives={"binding": True})
@@ -55,19 +62,24 @@ def _required():
     return bool(os.environ.get("FASTKA_REQUIRE_EXTENSION"))
 
 
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _warn(exc):
     """One line on stderr: why the fallback is used."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    sys.stderr.write(f"WARNING: fastka's C extension could not be built ({first}); using the pure-Python fallback.\n")
+    sys.stderr.write(f"WARNING: fastka's C extension could not be built ({_first_line(exc)}); using the pure-Python fallback.\n")
 
 
 class optional_build_ext(build_ext):
     """build_ext that degrades to the pure-Python fallback instead of failing the install.
 
     The package uses all of its compiled modules or none (fastka/__init__.py), so the first
-    failure stops the build of the rest and is reported once. FASTKA_REQUIRE_EXTENSION turns
-    any failure into an error (CI, wheel builds).
+    failure stops the build of the rest and is reported once. An application's extension
+    (APPLICATION_EXTENSIONS) is built whatever happened to the library's, and its failure is
+    reported on its own line. FASTKA_REQUIRE_EXTENSION turns any failure into an error (CI,
+    wheel builds).
     """
 
     failed = False
@@ -79,6 +91,14 @@ class optional_build_ext(build_ext):
             self._give_up(exc)
 
     def build_extension(self, ext):
+        if ext.name in APPLICATION_EXTENSIONS:
+            try:
+                super().build_extension(ext)
+            except Exception as exc:
+                if _required():
+                    raise
+                sys.stderr.write(f"WARNING: {ext.name} could not be built ({_first_line(exc)}); fastka serve answers every request on its Python path.\n")
+            return
         if self.failed:
             return
         try:

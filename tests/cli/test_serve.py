@@ -166,7 +166,7 @@ def test_http10_keepalive_with_http_client(serve):
             resp = conn.getresponse()
             assert resp.read() == b"Hello from fastka\n"
             assert resp.getheader("Connection") == "keep-alive"
-            assert resp.getheader("Keep-Alive", "").startswith("timeout=5, max=")
+            assert resp.getheader("Keep-Alive", "").startswith("timeout=4, max=")
             assert not resp.will_close
         conn.request("GET", "/")  # HTTP/1.0 without keep-alive: the server closes
         resp = conn.getresponse()
@@ -212,7 +212,7 @@ def test_max_requests_closes_on_the_last(serve):
             resp = conn.getresponse()
             resp.read()
             seen.append((resp.getheader("Connection"), resp.getheader("Keep-Alive")))
-        assert seen == [("keep-alive", "timeout=5, max=2"), ("keep-alive", "timeout=5, max=1"), ("close", None)]
+        assert seen == [("keep-alive", "timeout=4, max=2"), ("keep-alive", "timeout=4, max=1"), ("close", None)]
         assert conn.sock is None  # http.client closed it on Connection: close
     finally:
         conn.close()
@@ -672,7 +672,7 @@ def _without_date(data: bytes) -> bytes:
 def test_hot_path_answers_as_the_general_path():
     """The same reads give the same bytes (apart from Date) with the compiled hot path
     (backend c) and without it (backend python); the hot path did answer some."""
-    if importlib.util.find_spec("fastka._serve_c") is None or importlib.util.find_spec("fastka._manager_c") is None:
+    if importlib.util.find_spec("fastka.cli.serve._fastpath") is None or importlib.util.find_spec("fastka._manager_c") is None:
         pytest.skip("the compiled backend is not built")
     got = {}
     for backend in ("c", "python"):
@@ -705,7 +705,8 @@ def test_hot_path_answers_as_the_general_path():
     b"GET / HTTP/1.1\r\nHost: x\r\n",  # incomplete
     b"get / HTTP/1.1\r\n\r\n", b"POST / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n", b"GET /\r\n\r\n",
     b"GET * HTTP/1.1\r\n\r\n", b"GET http://x/ HTTP/1.1\r\n\r\n", b"GET /a\"b HTTP/1.1\r\n\r\n",
-    b"GET /status HTTP/1.1\r\n\r\n", b"GET /status?x HTTP/1.1\r\n\r\n",
+    b"GET /other HTTP/1.1\r\n\r\n", b"GET /other?x HTTP/1.1\r\n\r\n",  # the caller's other path
+    b"GET / HTTP/1.1\r\nProxy-Connection: close\r\n\r\n",
     b"GET / HTTP/1.1\nHost: x\n\n", b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", b"GET / HTTP/1.1\r\nX: \xe9\r\n\r\n",
     b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -715,21 +716,30 @@ def test_hot_path_answers_as_the_general_path():
     b"GET / HTTP/1.1\r\nX: v\t\r\n\r\n",
 ])
 def test_hot_path_leaves_everything_else_to_the_general_parser(data):
-    serve_c = pytest.importorskip("fastka._serve_c", reason="the compiled hot path is not built")
-    assert serve_c.answer(data, 8192, 100, b"H", b"T", b"B") is None
+    fastpath = pytest.importorskip("fastka.cli.serve._fastpath", reason="the compiled fast path is not built")
+    assert fastpath.answer(data, 8192, 100, b"H", b"T", b"B", b"/other") is None
+
+
+def test_hot_path_knows_no_route():
+    """Only the path the caller names is left to the general path: /status is not special
+    to the C code, and a longer path or one sharing a prefix is plain."""
+    fastpath = pytest.importorskip("fastka.cli.serve._fastpath", reason="the compiled fast path is not built")
+    for target in (b"/status", b"/other/x", b"/othe", b"/others?q", b"/x?/other"):
+        assert fastpath.answer(b"GET " + target + b" HTTP/1.1\r\n\r\n", 100, 5, b"H", b"T", b"B", b"/other") == (1, b"H5TB")
+    assert fastpath.answer(b"GET /other HTTP/1.1\r\n\r\n", 100, 5, b"H", b"T", b"B", b"") == (1, b"H5TB")
 
 
 def test_hot_path_limits():
-    serve_c = pytest.importorskip("fastka._serve_c", reason="the compiled hot path is not built")
+    serve_c = pytest.importorskip("fastka.cli.serve._fastpath", reason="the compiled fast path is not built")
     one = b"GET /ab HTTP/1.1\r\nHost: x\r\n\r\n"  # head: 3 + (4 + 1 + 4) = 12 bytes
-    assert serve_c.answer(one, 12, 5, b"H", b"T", b"B") == (1, b"H5TB")
-    assert serve_c.answer(one, 11, 5, b"H", b"T", b"B") is None
-    assert serve_c.answer(b"HEAD / HTTP/1.1\r\n\r\n" + one, 100, 10, b"H", b"T", b"B") == (2, b"H10TH9TB")
-    assert serve_c.answer(one * 3, 100, 3, b"H", b"T", b"") == (3, b"H3TH2TH1T")
-    assert serve_c.answer(one * 3, 100, 2, b"H", b"T", b"") is None  # the 3rd would be max=0: closing
-    assert serve_c.answer(one, 100, 0, b"H", b"T", b"") is None
-    assert serve_c.answer(b"GET / HTTP/1.1\r\n\r\n" * 513, 100, 10**6, b"", b"", b"") is None  # over one batch
-    assert serve_c.answer(b"", 100, 5, b"H", b"T", b"B") is None
+    assert serve_c.answer(one, 12, 5, b"H", b"T", b"B", b"") == (1, b"H5TB")
+    assert serve_c.answer(one, 11, 5, b"H", b"T", b"B", b"") is None
+    assert serve_c.answer(b"HEAD / HTTP/1.1\r\n\r\n" + one, 100, 10, b"H", b"T", b"B", b"") == (2, b"H10TH9TB")
+    assert serve_c.answer(one * 3, 100, 3, b"H", b"T", b"", b"") == (3, b"H3TH2TH1T")
+    assert serve_c.answer(one * 3, 100, 2, b"H", b"T", b"", b"") is None  # the 3rd would be max=0: closing
+    assert serve_c.answer(one, 100, 0, b"H", b"T", b"", b"") is None
+    assert serve_c.answer(b"GET / HTTP/1.1\r\n\r\n" * 513, 100, 10**6, b"", b"", b"", b"") is None  # over one batch
+    assert serve_c.answer(b"", 100, 5, b"H", b"T", b"B", b"") is None
 
 
 def alive(pid: int) -> bool:

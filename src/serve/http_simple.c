@@ -24,7 +24,7 @@ static int is_target_char(unsigned char c)
 static int is_special(const char *name, size_t n)
 {
     static const char *const special[] = {
-        "connection", "content-length", "transfer-encoding", "expect", "upgrade",
+        "connection", "proxy-connection", "content-length", "transfer-encoding", "expect", "upgrade",
     };
     for (size_t i = 0; i < sizeof special / sizeof special[0]; i++)
         if (strlen(special[i]) == n && strncasecmp(name, special[i], n) == 0)
@@ -33,7 +33,8 @@ static int is_special(const char *name, size_t n)
 }
 
 /* One plain request at p[0..end): its length, or 0 when it is not plain or not complete. */
-static size_t one_request(const char *p, const char *end, size_t max_head, unsigned char *is_head)
+static size_t one_request(const char *p, const char *end, size_t max_head, const char *other,
+                          size_t other_len, unsigned char *is_head)
 {
     const char *s = p;
     size_t head = 0;
@@ -53,7 +54,9 @@ static size_t one_request(const char *p, const char *end, size_t max_head, unsig
     while (s < end && is_target_char((unsigned char)*s))
         s++;
     size_t tlen = (size_t)(s - target);
-    if ((tlen == 7 && memcmp(target, "/status", 7) == 0) || (tlen > 7 && memcmp(target, "/status?", 8) == 0))
+    const char *query = memchr(target, '?', tlen);
+    size_t plen = query ? (size_t)(query - target) : tlen;
+    if (other_len > 0 && plen == other_len && memcmp(target, other, other_len) == 0)
         return 0;
     head += tlen;
     if ((size_t)(end - s) < 11 || memcmp(s, " HTTP/1.1\r\n", 11) != 0)
@@ -90,7 +93,8 @@ static size_t one_request(const char *p, const char *end, size_t max_head, unsig
     return (size_t)(s + 2 - p);
 }
 
-int fk_http_simple(const char *buf, size_t len, size_t max_head, int max_reqs, unsigned char *is_head)
+int fk_http_simple(const char *buf, size_t len, size_t max_head, int max_reqs,
+                   const char *other, size_t other_len, unsigned char *is_head)
 {
     const char *p = buf, *end = buf + len;
     int n = 0;
@@ -98,7 +102,7 @@ int fk_http_simple(const char *buf, size_t len, size_t max_head, int max_reqs, u
     while (p < end) {
         if (n >= max_reqs || n >= FK_HTTP_MAX_BATCH)
             return 0;
-        size_t used = one_request(p, end, max_head, &is_head[n]);
+        size_t used = one_request(p, end, max_head, other, other_len, &is_head[n]);
         if (used == 0)
             return 0;
         p += used;

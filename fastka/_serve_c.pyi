@@ -1,3 +1,0 @@
-from typing import Optional, Tuple
-
-def answer(data: bytes, max_head: int, left: int, head: bytes, tail: bytes, body: bytes) -> Optional[Tuple[int, bytes]]: ...

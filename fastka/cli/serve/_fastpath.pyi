@@ -1,0 +1,3 @@
+from typing import Optional, Tuple
+
+def answer(data: bytes, max_head: int, left: int, head: bytes, tail: bytes, body: bytes, other: bytes) -> Optional[Tuple[int, bytes]]: ...
