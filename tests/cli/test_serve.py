@@ -364,7 +364,7 @@ def test_out_of_fds_pauses_accept_and_recovers(serve):
     assert st["requests"] == 1 and st["accepted"] >= 2
 
 
-# -- issue 13: hostile use (each test failed on the server before the fix) -----------------
+# -- hostile use ------------------------------------------------------------------------------
 
 
 def rss_kib(pid: int) -> int:
@@ -572,6 +572,8 @@ def test_out_of_fds_logs_once_per_period(serve):
     ("--keepalive-timeout", "0"), ("--keepalive-timeout", "x"), ("--max-requests", "0"),
     ("--max-requests", "1e3"), ("--max-requests", "99999999999999999999"), ("--max-header-size", "10"),
     ("--port", "70000"), ("--port", "-1"), ("--workers", "0"), ("--workers", "100000"), ("--workers", "two"),
+    ("--jitter", "0.51"), ("--jitter", "-0.1"), ("--jitter", "nan"), ("--jitter", "x"),
+    ("--keepalive-margin", "-1"), ("--keepalive-margin", "inf"),
 ])
 def test_bad_numeric_option_is_an_argparse_error(flag, value):
     r = subprocess.run([sys.executable, "-m", "fastka.cli", "serve", flag, value],
@@ -581,7 +583,7 @@ def test_bad_numeric_option_is_an_argparse_error(flag, value):
     assert err.startswith(f"fastka serve: error: argument {flag}:") and value in err, r.stderr
 
 
-# -- issue 16: --workers ----------------------------------------------------------------------
+# -- --workers --------------------------------------------------------------------------------
 
 
 def worker_rows(s: Server) -> list:
@@ -801,3 +803,172 @@ def test_request_flood_does_not_delay_idle_close(serve):
     finally:
         for c in flood:
             c.close()
+
+
+# -- pooled state, answers that never came, clocks, ports, signals --------------------------
+
+
+BROWSER_GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nAccept: */*\r\n\r\n"
+
+
+def test_proxy_connection_close_does_not_poison_other_clients(serve):
+    """A request with Proxy-Connection: close leaves its parser refusing further input: the
+    connection closes after it and the parser is never pooled, so 200 ordinary requests from
+    other clients afterwards are all answered 200."""
+    s = serve()
+    for _ in range(100):
+        with s.connect() as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nProxy-Connection: close\r\n\r\n")
+            got = read_until_eof(c)  # the server closes after it
+            assert got.startswith(OK) and b"Connection: close\r\n" in got
+    statuses = []
+    for _ in range(200):
+        with s.connect() as c:
+            c.sendall(BROWSER_GET)
+            statuses.append(c.recv(4096).split(b"\r\n", 1)[0])
+    assert statuses == [OK] * 200
+
+
+@pytest.mark.parametrize("last", [
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+])
+def test_upgrade_and_connect_are_answered_with_what_came_before(serve, last):
+    """An Upgrade or CONNECT request and the requests pipelined before it are answered at
+    once (no protocol switch: the connection closes after it), not left to time out."""
+    s = serve("--keepalive-timeout", "60")
+    with s.connect() as c:
+        c.sendall(BROWSER_GET + BROWSER_GET + last)
+        got = responses(read_until_eof(c))  # the socket's 10 s timeout fails a wait of 60 s
+    assert [h.split(b"\r\n", 1)[0] for h, _ in got[:2]] == [OK, OK]
+    assert len(got) == 3 and b"Connection: close" in got[2][0]
+    assert got[2][0].startswith(b"HTTP/1.1 405 " if last.startswith(b"CONNECT") else OK)
+
+
+def test_pipelining_client_whose_sends_end_mid_request_is_not_timed_out(serve):
+    """A client sending a request every 0.1 s, each send ending mid-request, keeps its
+    connection for 30 requests (3 s) under a 1 s request timeout: every read that completes
+    a request restarts the clock of the one it began."""
+    s = serve("--keepalive-timeout", "1")
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    half = len(req) // 2
+    with s.connect() as c:
+        c.sendall(req[:half])
+        for _ in range(29):
+            time.sleep(0.1)
+            c.sendall(req[half:] + req[:half])  # ends one request, begins the next
+        time.sleep(0.1)
+        c.sendall(req[half:] + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        got = responses(read_until_eof(c))
+    assert len(got) == 31 and all(h.startswith(OK) for h, _ in got)
+
+
+def test_workers_refuse_a_port_another_reuseport_server_holds():
+    """--workers 2 fails like --workers 1 when another server (with SO_REUSEPORT) listens
+    on the port, instead of sharing its traffic."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen(8)
+        port = other.getsockname()[1]
+        for workers in ("1", "2"):
+            r = subprocess.run([sys.executable, "-m", "fastka.cli", "serve", "--port", str(port), "--workers", workers],
+                               cwd=ROOT, capture_output=True, text=True, timeout=30)
+            assert r.returncode == 1 and "Address already in use" in r.stderr, (workers, r.stderr)
+
+
+SPAWN_AND_TERM = r"""
+import os, signal, sys, time
+from fastka import _backends
+from fastka.cli.serve.stats import Stats
+from fastka.cli.serve.supervisor import Supervisor
+
+options = dict(keepalive_timeout=5.0, max_requests=100, max_header_size=8192, tcp_keepalive=None,
+               backend=_backends.load(sys.argv[1]))
+sup = Supervisor("127.0.0.1", 0, 1, Stats(1), options)
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):  # as Supervisor.run
+    signal.signal(sig, lambda *_: None)
+started = []
+for _ in range(int(sys.argv[2])):  # each new worker gets SIGTERM the moment fork() returns
+    pid = sup._spawn(0)
+    os.kill(pid, signal.SIGTERM)
+    started.append(pid)
+deadline = time.monotonic() + 10
+left = set(started)
+while left and time.monotonic() < deadline:
+    for pid in list(left):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            left.discard(pid)
+    time.sleep(0.02)
+for pid in left:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    sup.pids.pop(pid, None)
+for pid in started:
+    sup.pids.pop(pid, None)
+sup._terminate_all()
+print(len(left))
+"""
+
+
+@pytest.mark.parametrize("backend", ["c", "python"])
+def test_worker_signalled_right_after_fork_ends(backend):
+    """A SIGTERM that reaches a worker before it has set up its own handling ends it (the
+    signals are blocked around fork and reset in the child before they are unblocked),
+    instead of being swallowed by a copy of the supervisor's handler: 20 workers, each
+    signalled the moment fork() returns, all end."""
+    if backend == "c" and importlib.util.find_spec("fastka._manager_c") is None:
+        pytest.skip("the compiled backend is not built")
+    r = subprocess.run([sys.executable, "-c", SPAWN_AND_TERM, backend, "20"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0", f"{r.stdout.strip()} of 20 workers ignored SIGTERM; {r.stderr[-2000:]}"
+
+
+def test_huge_keepalive_timeout_survives_an_idle_connection(serve):
+    """--keepalive-timeout 1e9 (the largest allowed): the loop's wait is bounded, so an idle
+    connection does not end the server."""
+    s = serve("--keepalive-timeout", "1e9")
+    with s.connect() as idle:
+        idle.sendall(REQ)
+        assert idle.recv(4096).startswith(OK)
+        time.sleep(1.5)  # the loop now waits with that connection idle (past the 1 s figures refresh)
+        with s.connect() as c:
+            c.sendall(REQ)
+            assert c.recv(4096).startswith(OK)
+        assert s.proc.poll() is None
+
+
+@pytest.mark.parametrize("flags, hint", [
+    ((), b"Keep-Alive: timeout=4, max=99"),  # 5 s, margin 1 s
+    (("--keepalive-timeout", "0.5"), b"Keep-Alive: max=99"),
+    (("--keepalive-timeout", "1.6"), b"Keep-Alive: max=99"),
+    (("--keepalive-timeout", "1.6", "--keepalive-margin", "0"), b"Keep-Alive: timeout=1, max=99"),
+    (("--keepalive-timeout", "2.999", "--keepalive-margin", "0.5"), b"Keep-Alive: timeout=2, max=99"),
+    (("--keepalive-timeout", "75", "--keepalive-margin", "0"), b"Keep-Alive: timeout=75, max=99"),
+])
+def test_keepalive_hint_is_never_longer_than_the_real_close(serve, flags, hint):
+    """timeout= is the keep-alive timeout minus the margin, rounded down; under 1 s no
+    timeout= is sent. The same on the fast path (plain GET) and the general path."""
+    s = serve("--max-requests", "100", *flags)
+    for request in (REQ, BROWSER_GET):
+        with s.connect() as c:
+            c.sendall(request)
+            assert hint + b"\r\n" in c.recv(4096)
+
+
+def test_jitter_spreads_max_requests_and_the_last_answer_says_close(serve):
+    """--jitter 0.5 with --max-requests 10: each connection's limit is drawn within 5..15;
+    the last answer before the server's close carries Connection: close and max counts down
+    to 1 before it."""
+    s = serve("--max-requests", "10", "--jitter", "0.5")
+    counts = []
+    for _ in range(20):
+        with s.connect() as c:
+            c.sendall(REQ * 20)
+            got = responses(read_until_eof(c))
+        heads = [h for h, _ in got]
+        assert all(b"Connection: keep-alive" in h for h in heads[:-1]) and b"Connection: close" in heads[-1]
+        assert [int(m) for m in re.findall(rb"max=(\d+)", b"".join(heads))] == list(range(len(got) - 1, 0, -1))
+        counts.append(len(got))
+    assert all(5 <= n <= 15 for n in counts) and len(set(counts)) > 1, counts
