@@ -972,3 +972,105 @@ def test_jitter_spreads_max_requests_and_the_last_answer_says_close(serve):
         assert [int(m) for m in re.findall(rb"max=(\d+)", b"".join(heads))] == list(range(len(got) - 1, 0, -1))
         counts.append(len(got))
     assert all(5 <= n <= 15 for n in counts) and len(set(counts)) > 1, counts
+
+
+# -- fair service ---------------------------------------------------------------------------
+
+
+def _answers(sock: socket.socket, n: int) -> int:
+    """Read until ``n`` responses (plain GET answers) have arrived; returns how many did
+    before the peer closed or the socket's timeout."""
+    got = b""
+    count = 0
+    while count < n:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+        count = got.count(OK)
+    return count
+
+
+@pytest.mark.parametrize("backend_name", ["c", "python"])
+def test_every_ready_connection_is_served_in_turn(backend_name, monkeypatch):
+    """Heavy clients that never stop sending pipelined requests (and read their answers
+    as fast as they can) next to light ones sending one request at a time, under a budget
+    spent by one connection per loop iteration (TICK shrunk to 0.1 ms). The ready queue
+    resumes where the last iteration stopped, so the heavy connections that are always
+    readable do not keep the light ones waiting: every light client gets its 20 answers
+    while the heavy ones are still sending, and every heavy one gets answers too."""
+    import threading
+
+    from fastka import _backends
+    from fastka.cli.serve import server as server_mod
+
+    try:
+        backend = _backends.load(backend_name)
+    except _backends.BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setattr(server_mod, "TICK", 1e-4)
+    srv = server_mod.Server("127.0.0.1", 0, keepalive_timeout=60.0, max_requests=2**31 - 1, max_header_size=8192,
+                            tcp_keepalive=None, backend=backend)
+    loop = threading.Thread(target=srv._loop)
+    loop.start()
+    port = srv.address[1]
+    done = threading.Event()
+    socks: list = []
+    threads: list = []
+    try:
+        heavy = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        light = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(8)]
+        socks = heavy + light
+        heavy_answers = [0] * len(heavy)
+        light_answers = [0] * len(light)
+
+        def send_forever(s: socket.socket) -> None:
+            try:
+                while not done.is_set():
+                    s.sendall(REQ * 500)
+            except OSError:
+                pass
+
+        def read_forever(i: int) -> None:
+            try:
+                while not done.is_set():
+                    chunk = heavy[i].recv(65536)
+                    if not chunk:
+                        return
+                    heavy_answers[i] += chunk.count(b"fastka\n")
+            except OSError:
+                pass
+
+        def light_client(i: int) -> None:
+            for _ in range(20):
+                light[i].sendall(REQ)
+                if _answers(light[i], 1) != 1:
+                    return
+                light_answers[i] += 1
+
+        for i, s in enumerate(heavy):
+            threads += [threading.Thread(target=send_forever, args=(s,)), threading.Thread(target=read_forever, args=(i,))]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # the heavy connections are readable all the time from now on
+        clients = [threading.Thread(target=light_client, args=(i,)) for i in range(len(light))]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(60)
+        assert light_answers == [20] * len(light)
+        assert all(heavy_answers), heavy_answers
+    finally:
+        done.set()
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in threads:
+            t.join(30)
+        for s in socks:
+            s.close()
+        srv._wake_w.send(b"x")  # as a signal: stop
+        loop.join(60)
+        srv.close()

@@ -352,19 +352,21 @@ class Server(Protocol):
             # poll(0) also closes every connection whose idle time is up: the budget keeps
             # the next poll near, so a flood of accepts and requests delays no FIN by more
             # than about TICK. A readable connection joins the back of the queue (once);
-            # the queue is served from its front, so one the budget left unserved is first
-            # in the next iteration.
+            # the queue is served from its front, at least one connection per iteration, so
+            # one the budget left unserved is first in the next iteration.
             for c, ev in mgr.poll(0):
                 if ev != Event.READABLE:
                     self._count(Event(ev).name)
                 elif not c.queued:
                     c.queued = True
                     ready.append(c)
-            while ready and time.monotonic() < until:
+            while ready:
                 c = ready.popleft()
                 c.queued = False
                 if not c.gone and not c.paused:
                     self._on_readable(c)
+                if time.monotonic() >= until:
+                    break
             self._expire(time.monotonic())
 
     def close(self) -> None:
