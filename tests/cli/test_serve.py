@@ -1074,3 +1074,9 @@ def test_every_ready_connection_is_served_in_turn(backend_name, monkeypatch):
         srv._wake_w.send(b"x")  # as a signal: stop
         loop.join(60)
         srv.close()
+
+
+def test_without_httptools_says_what_to_install():
+    code = "import sys; sys.modules['httptools'] = None; from fastka.cli import main; sys.exit(main(['serve']))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr.strip() == "fastka serve: error: fastka serve needs httptools: pip install 'fastka[serve]'", r.stderr

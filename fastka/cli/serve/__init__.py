@@ -86,9 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .connection import httptools
-
-    if httptools is None:
+    try:
+        import httptools  # noqa: F401  (the serve extra; the server's modules import it)
+    except ImportError:
         print(f"fastka serve: error: {EXTRA_HINT}", file=sys.stderr)
         return 2
     try:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
-try:
-    import httptools
-except ImportError:  # fastka.cli.serve.run says what to install
-    httptools = None
+import httptools  # the serve extra: fastka.cli.serve.run checks it is there before importing this
 
 if TYPE_CHECKING:
     from .server import Server

@@ -12,9 +12,11 @@ import selectors
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import httptools
+
 from fastka import Event
 
-from .connection import Callbacks, Conn, ParserPool, TooLarge, httptools
+from .connection import Callbacks, Conn, ParserPool, TooLarge
 
 RECV_SIZE = 16384  # bytes read at once: bounds the responses one read can produce
 OUT_HIGH = 65536  # bytes of unsent output above which a connection is not read
