@@ -314,6 +314,7 @@ class Server(Protocol):
 
     def _loop(self) -> None:
         sel, mgr, ready = self.sel, self.mgr, self.ready
+        readable, monotonic = Event.READABLE, time.monotonic
         stop_by = 0.0
         while True:
             if self.stopping:
@@ -355,7 +356,7 @@ class Server(Protocol):
             # the queue is served from its front, at least one connection per iteration, so
             # one the budget left unserved is first in the next iteration.
             for c, ev in mgr.poll(0):
-                if ev != Event.READABLE:
+                if ev != readable:
                     self._count(Event(ev).name)
                 elif not c.queued:
                     c.queued = True
@@ -365,7 +366,7 @@ class Server(Protocol):
                 c.queued = False
                 if not c.gone and not c.paused:
                     self._on_readable(c)
-                if time.monotonic() >= until:
+                if monotonic() >= until:
                     break
             self._expire(time.monotonic())
 
