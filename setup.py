@@ -84,6 +84,10 @@ class optional_build_ext(build_ext):
 
     failed = False
 
+    def initialize_options(self):
+        super().initialize_options()
+        self.not_built = set()  # names of the extensions that failed or were skipped
+
     def run(self):
         try:
             super().run()
@@ -97,14 +101,26 @@ class optional_build_ext(build_ext):
             except Exception as exc:
                 if _required():
                     raise
+                self.not_built.add(ext.name)
                 sys.stderr.write(f"WARNING: {ext.name} could not be built ({_first_line(exc)}); fastka serve answers every request on its Python path.\n")
             return
         if self.failed:
+            self.not_built.add(ext.name)
             return
         try:
             super().build_extension(ext)
         except Exception as exc:  # compiler present but the build failed
+            self.not_built.add(ext.name)
             self._give_up(exc)
+
+    def copy_extensions_to_source(self):
+        """--inplace: copy only what was built (an application's extension may be missing)."""
+        everything = self.extensions
+        self.extensions = [ext for ext in everything if ext.name not in self.not_built]
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = everything
 
     def _give_up(self, exc):
         if _required():
