@@ -1,0 +1,114 @@
+"""A small keep-alive HTTP/1.1 server for the client pool tests (tests/*/test_pools*.py).
+
+Every response's body is the client's port, so a test sees which connection served a
+request. ``/?ka=N`` adds ``Keep-Alive: timeout=N``. ``drop_all()`` shuts every open
+connection down (the clients see a FIN), as a server's idle close does. ``tls=True`` serves
+HTTPS with a throw-away self-signed certificate (made with the openssl command).
+"""
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.parse
+from typing import Iterator, Optional, Set
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "PoolTestServer"
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.open.add(self.connection)
+            self.server.accepted += 1
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.open.discard(self.connection)
+        super().finish()
+
+    def _answer(self) -> None:
+        body = str(self.client_address[1]).encode()
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        self.send_response(200)
+        if "ka" in query:
+            self.send_header("Keep-Alive", f"timeout={query['ka'][0]}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _answer  # noqa: N815 (http.server's naming)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class PoolTestServer(http.server.ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins the connection threads: no fd outlives a test
+
+    def __init__(self, context: Optional[ssl.SSLContext] = None) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.open: Set[socket.socket] = set()
+        self.accepted = 0
+        self.context = context
+        scheme = "https" if context else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server_address[1]}/"
+
+    def get_request(self):  # type: ignore[no-untyped-def]
+        conn, addr = super().get_request()
+        if self.context is not None:
+            conn = self.context.wrap_socket(conn, server_side=True)
+        return conn, addr
+
+    def drop_all(self) -> None:
+        """Send a FIN on every open connection (the handler threads then end)."""
+        with self.lock:
+            for conn in list(self.open):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, OSError)):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+def tls_context() -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        import pytest
+
+        pytest.skip("the openssl command is not installed (it makes the test certificate)")
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+             "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+    return context
+
+
+@contextlib.contextmanager
+def pool_test_server(tls: bool = False) -> Iterator[PoolTestServer]:
+    srv = PoolTestServer(tls_context() if tls else None)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.drop_all()
+        srv.shutdown()
+        thread.join(10)
+        srv.server_close()
