@@ -1,7 +1,8 @@
 """A small keep-alive HTTP/1.1 server for the client pool tests (tests/*/test_pools*.py).
 
 Every response's body is the client's port, so a test sees which connection served a
-request. ``/?ka=N`` adds ``Keep-Alive: timeout=N``. ``drop_all()`` shuts every open
+request, unless the test sets ``server.body`` (bytes, sent as XML). ``/?ka=N`` adds
+``Keep-Alive: timeout=N``, as does ``server.keep_alive = N`` for every response. ``drop_all()`` shuts every open
 connection down (the clients see a FIN), as a server's idle close does. ``tls=True`` serves
 HTTPS with a throw-away self-signed certificate (made with the openssl command).
 """
@@ -37,11 +38,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().finish()
 
     def _answer(self) -> None:
-        body = str(self.client_address[1]).encode()
+        body = self.server.body or str(self.client_address[1]).encode()
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        hint = query["ka"][0] if "ka" in query else self.server.keep_alive
         self.send_response(200)
-        if "ka" in query:
-            self.send_header("Keep-Alive", f"timeout={query['ka'][0]}")
+        if self.server.body:
+            self.send_header("Content-Type", "application/xml")
+        if hint is not None:
+            self.send_header("Keep-Alive", f"timeout={hint}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -60,6 +64,8 @@ class PoolTestServer(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.open: Set[socket.socket] = set()
         self.accepted = 0
+        self.body: Optional[bytes] = None
+        self.keep_alive: Optional[object] = None
         self.context = context
         scheme = "https" if context else "http"
         self.url = f"{scheme}://127.0.0.1:{self.server_address[1]}/"

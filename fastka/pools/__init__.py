@@ -13,9 +13,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._aiohttp import TCPConnector
-    from ._requests import HTTPAdapter
-    from ._urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager, ProxyManager
+    from ._aiohttp import TCPConnector as TCPConnector
+    from ._requests import HTTPAdapter as HTTPAdapter
+    from ._urllib3 import HTTPConnectionPool as HTTPConnectionPool
+    from ._urllib3 import HTTPSConnectionPool as HTTPSConnectionPool
+    from ._urllib3 import PoolManager as PoolManager
+    from ._urllib3 import ProxyManager as ProxyManager
 
 _MODULES = {
     "PoolManager": "_urllib3",
