@@ -59,8 +59,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class PoolTestServer(http.server.ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins the connection threads: no fd outlives a test
 
-    def __init__(self, context: Optional[ssl.SSLContext] = None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, context: Optional[ssl.SSLContext] = None, listener: Optional[socket.socket] = None) -> None:
+        """``listener``: a bound socket to serve on (e.g. made in a network namespace);
+        default a new one on 127.0.0.1."""
+        super().__init__(("127.0.0.1", 0), _Handler, bind_and_activate=listener is None)
+        if listener is not None:
+            self.socket.close()
+            self.socket = listener
+            self.server_address = listener.getsockname()
+            listener.listen()
         self.lock = threading.Lock()
         self.open: Set[socket.socket] = set()
         self.accepted = 0
@@ -68,7 +75,7 @@ class PoolTestServer(http.server.ThreadingHTTPServer):
         self.keep_alive: Optional[object] = None
         self.context = context
         scheme = "https" if context else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.server_address[1]}/"
+        self.url = f"{scheme}://{self.server_address[0]}:{self.server_address[1]}/"
 
     def get_request(self):  # type: ignore[no-untyped-def]
         conn, addr = super().get_request()
@@ -107,8 +114,8 @@ def tls_context() -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
-def pool_test_server(tls: bool = False) -> Iterator[PoolTestServer]:
-    srv = PoolTestServer(tls_context() if tls else None)
+def pool_test_server(tls: bool = False, listener: Optional[socket.socket] = None) -> Iterator[PoolTestServer]:
+    srv = PoolTestServer(tls_context() if tls else None, listener)
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
