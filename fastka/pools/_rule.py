@@ -9,8 +9,9 @@ A pooled connection is handed out again only while it is
 - alive by ``fastka.find_dead`` / ``fastka.is_alive`` (peer FIN or RST, keepalive or user
   timeout, pending error).
 
-The times become one deadline per pooled connection, computed when it goes back into the
-pool, so that checkout costs one comparison; the liveness check costs one poll for the
+The times become one deadline per pooled connection (the earlier of its age deadline and
+the time it was put back plus its idle limit), computed when it goes back into the pool,
+so that checkout costs one comparison; the liveness check costs one poll for the
 connection about to be handed out and, when that one is found dead or expired, one poll for
 the whole idle set (a restarted server costs two polls, not one per connection).
 """
@@ -111,11 +112,6 @@ class CheckoutRule:
         if hint is not None:
             limit = min(limit, hint - self.margin)
         return limit
-
-    def deadline(self, released: float, age_deadline: float, hint: Optional[float]) -> float:
-        """The monotonic time after which a connection put back at ``released`` must not
-        be handed out again."""
-        return min(age_deadline, released + self.idle_limit(self.idle_timeout, hint))
 
 
 NO_LIMITS = CheckoutRule(jitter=0.0)

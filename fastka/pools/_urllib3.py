@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 import fastka
 
 from .._config import KeepaliveConfig
-from ._rule import NO_LIMITS, CheckoutRule, keep_alive_timeout, monotonic
+from ._rule import FOREVER, NO_LIMITS, CheckoutRule, keep_alive_timeout, monotonic
 
 __all__ = ["HTTPConnectionPool", "HTTPSConnectionPool", "PoolManager", "ProxyManager"]
 
@@ -39,13 +39,13 @@ class _State:
     """What a pool knows about the socket a connection object holds (urllib3 reconnects
     the same connection object, so the socket's identity says when it changed)."""
 
-    __slots__ = ("sock", "age_deadline", "hint", "deadline")
+    __slots__ = ("sock", "age_deadline", "idle_limit", "deadline")
 
     def __init__(self, sock: object, age_deadline: float) -> None:
         self.sock = sock
         self.age_deadline = age_deadline
-        self.hint: Optional[float] = None
-        self.deadline = age_deadline
+        self.idle_limit = FOREVER  # seconds it may sit idle after the last response
+        self.deadline = age_deadline  # monotonic time after which it is not handed out
 
 
 def _state(conn: object, sock: object) -> Optional[_State]:
@@ -54,11 +54,11 @@ def _state(conn: object, sock: object) -> Optional[_State]:
     return state if state is not None and state.sock is sock else None
 
 
-def _usable(conn: Any, now: float) -> bool:
-    """A pooled, connected ``conn`` may be handed out: before its deadline, and alive."""
-    sock = conn.sock
-    state = _state(conn, sock)
-    if state is not None and now >= state.deadline:
+def _usable(conn: Any, sock: Any) -> bool:
+    """A pooled ``conn`` connected by ``sock`` may be handed out: before its deadline,
+    and alive."""
+    state = getattr(conn, _STATE, None)
+    if state is not None and state.sock is sock and monotonic() >= state.deadline:
         return False
     try:
         return bool(fastka.is_alive(sock))
@@ -81,15 +81,17 @@ class HTTPConnectionPool(_HTTPConnectionPool):
             if state is None:  # a socket made for this request (or by the proxy tunnel just before)
                 state = _State(sock, self.fastka_rule.age_deadline(started))
                 setattr(conn, _STATE, state)
-            state.hint = keep_alive_timeout(response.headers.get("Keep-Alive"))
+            rule = self.fastka_rule
+            state.idle_limit = rule.idle_limit(rule.idle_timeout, keep_alive_timeout(response.headers.get("Keep-Alive")))
         return response
 
     def _put_conn(self, conn: Any) -> None:
-        if conn is not None and conn.sock is not None:
-            state = _state(conn, conn.sock)
-            if state is not None:
+        sock = None if conn is None else conn.sock
+        if sock is not None:
+            state = getattr(conn, _STATE, None)
+            if state is not None and state.sock is sock:
                 now = monotonic()
-                state.deadline = self.fastka_rule.deadline(now, state.age_deadline, state.hint)
+                state.deadline = min(state.age_deadline, now + state.idle_limit)
                 if now >= state.deadline:  # e.g. the server's hint is shorter than the margin
                     conn.close()
         super()._put_conn(conn)
@@ -98,7 +100,7 @@ class HTTPConnectionPool(_HTTPConnectionPool):
         pool = self.pool
         if pool is None:
             raise ClosedPoolError(self, _CLOSED_MESSAGE)
-        conn = None
+        conn: Any = None
         try:
             conn = pool.get(block=self.block, timeout=timeout)
         except AttributeError:  # closed by another thread meanwhile
@@ -108,7 +110,8 @@ class HTTPConnectionPool(_HTTPConnectionPool):
                 raise EmptyPoolError(
                     self, "Pool is empty and a new connection can't be opened due to blocking mode."
                 ) from None
-        if conn is not None and conn.sock is not None and not _usable(conn, monotonic()):
+        sock = None if conn is None else conn.sock
+        if sock is not None and not _usable(conn, sock):
             conn.close()
             self._discard_unusable()
         return conn or self._new_conn()
