@@ -9,6 +9,7 @@ HTTPS with a throw-away self-signed certificate (made with the openssl command).
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import os
 import shutil
@@ -95,8 +96,9 @@ class PoolTestServer(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
+@functools.lru_cache(maxsize=None)
 def tls_context() -> ssl.SSLContext:
-    """A server context with a fresh self-signed certificate for 127.0.0.1."""
+    """A server context with a self-signed certificate for 127.0.0.1 (made once per run)."""
     if shutil.which("openssl") is None:
         import pytest
 
