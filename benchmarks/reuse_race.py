@@ -10,9 +10,10 @@ Race: every server closes a connection that stays idle for 2 s (nginx ``keepaliv
 serve --keepalive-timeout 2``). Each sits behind a relay that delays every byte and every
 close by ``--delay`` seconds each way, as a real network does (on bare loopback the race
 window is microseconds wide and hides). Six clients run side by side against each server,
-one connection each: urllib3, requests and aiohttp with their own pools, and with
-fastka.pools (PoolManager, HTTPAdapter, TCPConnector; defaults: margin 1 s, no idle
-timeout). Each sends ``--requests`` GETs, waiting a gap drawn uniformly from 1.5..2.5 s
+one connection each: urllib3, requests and aiohttp with their own pools and defaults, and
+with fastka.pools (PoolManager, HTTPAdapter, TCPConnector) told the server's timeout the
+way a user would: an idle timeout one second (the default margin) under it, 1 s, and the
+server's ``Keep-Alive: timeout=`` hint where it sends one (fastka serve). Each sends ``--requests`` GETs, waiting a gap drawn uniformly from 1.5..2.5 s
 (the same seeded draws for every client) after each answer, so that about half of the
 reuses land just before or after the server's close. A request that raises is a failure.
 The clients' own retries are off (urllib3 ``retries=False``; requests' default; aiohttp's
@@ -52,6 +53,7 @@ sys.path.insert(0, ROOT)
 import fastka  # noqa: E402
 
 KEEPALIVE_TIMEOUT = 2
+IDLE_TIMEOUT = KEEPALIVE_TIMEOUT - 1.0  # fastka.pools' idle timeout: the server's minus the margin
 GAP = (1.5, 2.5)
 
 WSGI_APP = '''
@@ -169,7 +171,7 @@ class NginxServer:
         if not os.path.exists(binary):
             raise RuntimeError("nginx is not installed")
         self.nginx = Nginx(binary, 1, KEEPALIVE_TIMEOUT, 4096)
-        self.label = "nginx " + self.nginx.label.split()[1]
+        self.label = "nginx " + self.nginx.label.split()[1].rstrip(",")
         self.port = self.nginx.start()
 
     def stop(self) -> None:
@@ -216,7 +218,7 @@ def run_urllib3(url: str, waits: List[float], fastka_pool: bool) -> int:
 
     import fastka.pools
 
-    pm = fastka.pools.PoolManager(maxsize=1) if fastka_pool else urllib3.PoolManager(maxsize=1)
+    pm = fastka.pools.PoolManager(maxsize=1, idle_timeout=IDLE_TIMEOUT) if fastka_pool else urllib3.PoolManager(maxsize=1)
     failed = 0
     try:
         for gap in waits:
@@ -238,7 +240,7 @@ def run_requests(url: str, waits: List[float], fastka_pool: bool) -> int:
     failed = 0
     with requests.Session() as session:
         if fastka_pool:
-            session.mount("http://", fastka.pools.HTTPAdapter(pool_maxsize=1))
+            session.mount("http://", fastka.pools.HTTPAdapter(pool_maxsize=1, idle_timeout=IDLE_TIMEOUT))
         for gap in waits:
             try:
                 session.get(url, timeout=10).content
@@ -254,7 +256,7 @@ def run_aiohttp(url: str, waits: List[float], fastka_pool: bool) -> int:
     import fastka.pools
 
     async def main() -> int:
-        connector = fastka.pools.TCPConnector(limit=1) if fastka_pool else aiohttp.TCPConnector(limit=1)
+        connector = fastka.pools.TCPConnector(limit=1, keepalive_timeout=IDLE_TIMEOUT) if fastka_pool else aiohttp.TCPConnector(limit=1)
         failed = 0
         async with aiohttp.ClientSession(connector=connector) as session:
             session._retry_connection = False  # as for a request that is not idempotent
@@ -278,7 +280,7 @@ CLIENTS: Dict[str, Callable[[str, List[float], bool], int]] = {
 def race(servers: List[str], n: int, delay: float, seed: int) -> None:
     waits = gaps(seed, n)
     print(f"reuse race: {n} requests per client, gaps {GAP[0]}..{GAP[1]} s around a {KEEPALIVE_TIMEOUT} s keep-alive "
-          f"timeout, relay {delay * 1000:g} ms each way, seed {seed} (about {sum(waits) / 60:.0f} min)", flush=True)
+          f"timeout, relay {delay * 1000:g} ms each way, seed {seed} (about {sum(waits) / 60:.1f} min)", flush=True)
     started: List[object] = []
     results: Dict[Tuple[str, str, bool], int] = {}
     tmp = tempfile.mkdtemp(prefix="reuse_race_")
