@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -44,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_100k import ROOT, Nginx, free_port, stop_process  # noqa: E402

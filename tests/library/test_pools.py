@@ -266,6 +266,18 @@ def test_requests_adapter(pools_on, server, clock):
         assert fastka.get_keepalive(sock).idle == 11
 
 
+def test_requests_adapter_pickles_with_its_rule():
+    import pickle
+
+    adapter = pickle.loads(pickle.dumps(HTTPAdapter(idle_timeout=3, max_age=9, margin=0.5)))
+    try:
+        rule = adapter.fastka_rule
+        assert (rule.idle_timeout, rule.max_age, rule.margin) == (3, 9, 0.5)
+        assert isinstance(adapter.poolmanager, PoolManager) and adapter.poolmanager.fastka_rule is rule
+    finally:
+        adapter.close()
+
+
 def test_requests_adapter_proxy(pools_on, server):
     requests = pytest.importorskip("requests")
     adapter = HTTPAdapter(idle_timeout=5)
