@@ -5,6 +5,7 @@ request, unless the test sets ``server.body`` (bytes, sent as XML). ``/?ka=N`` a
 ``Keep-Alive: timeout=N``, as does ``server.keep_alive = N`` for every response. ``drop_all()`` shuts every open
 connection down (the clients see a FIN), as a server's idle close does. ``tls=True`` serves
 HTTPS with a throw-away self-signed certificate (made with the openssl command).
+``connect_proxy()`` is an HTTP proxy that tunnels (CONNECT) to it.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import contextlib
 import functools
 import http.server
 import os
+import select
 import shutil
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -127,3 +130,66 @@ def pool_test_server(tls: bool = False, listener: Optional[socket.socket] = None
         srv.shutdown()
         thread.join(10)
         srv.server_close()
+
+
+class _Tunnel(socketserver.BaseRequestHandler):
+    """One CONNECT tunnel: the request line and headers, ``200``, then bytes both ways
+    until either side closes."""
+
+    def handle(self) -> None:
+        client = self.request
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        target = head.split(b" ", 2)[1].decode()
+        host, _, port = target.rpartition(":")
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=10)
+        except OSError:
+            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            return
+        with upstream:
+            upstream.settimeout(None)
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.server.tunnels += 1  # type: ignore[attr-defined]
+            ends = {client: upstream, upstream: client}
+            while True:
+                readable, _, _ = select.select(list(ends), [], [], 30)
+                if not readable:
+                    return
+                for sock in readable:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return  # one side closed: close both (the other sees a FIN)
+                    ends[sock].sendall(data)
+
+
+class ConnectProxy(socketserver.ThreadingTCPServer):
+    """An HTTP proxy that only tunnels (CONNECT), on 127.0.0.1; ``tunnels`` counts them."""
+
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Tunnel)
+        self.tunnels = 0
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+@contextlib.contextmanager
+def connect_proxy() -> Iterator[ConnectProxy]:
+    proxy = ConnectProxy()
+    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        thread.join(10)
+        proxy.server_close()

@@ -13,7 +13,7 @@ import socket
 import time
 
 import pytest
-from pool_servers import pool_test_server
+from pool_servers import connect_proxy, pool_test_server
 
 import fastka
 from fastka import _jitter
@@ -239,6 +239,26 @@ def test_proxy_manager(pools_on, server, clock):
         assert get(pm, "http://example.invalid/") != first
     finally:
         pm.clear()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_proxy_manager_https_tunnel(pools_on, clock):
+    with pool_test_server(tls=True) as srv, connect_proxy() as proxy:
+        pm = ProxyManager(proxy.url, cert_reqs="CERT_NONE", idle_timeout=5)
+        url = srv.url + "?ka=30"
+        try:
+            first = get(pm, url)
+            clock.now += 4
+            assert get(pm, url) == first and proxy.tunnels == 1
+            clock.now += 6
+            second = get(pm, url)
+            assert second != first and proxy.tunnels == 2
+            (conn,) = fill(pm, url, 1)
+            srv.drop_all()  # the server's FIN comes back through the tunnel
+            wait_for_fin([conn.sock])
+            assert get(pm, url) not in (first, second) and proxy.tunnels == 3
+        finally:
+            pm.clear()
 
 
 def test_requests_adapter(pools_on, server, clock):
