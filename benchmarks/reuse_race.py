@@ -20,9 +20,10 @@ The clients' own retries are off (urllib3 ``retries=False``; requests' default; 
 retry of an idempotent request on a reused connection), as for a request that is not
 idempotent. Time: about 2 s x ``--requests`` (all servers and clients run at once).
 
-Checkout: microseconds per checkout and return (``_get_conn`` + ``_put_conn``) of urllib3's
-HTTPConnectionPool and fastka's, with 1 and 100 idle connections to ``fastka serve``,
-in ``--checkout-rounds`` paired rounds (alternating order); the fastka/plain ratio per
+Checkout: microseconds per checkout and return of a pooled connection (urllib3's
+``_get_conn`` + ``_put_conn``, aiohttp's connector ``_get`` + ``release``), plain and
+fastka's, with 1 and 100 idle connections to ``fastka serve``, in ``--checkout-rounds``
+paired rounds (alternating order, after one warm-up round); the fastka/plain ratio per
 round, its median and range.
 
 Every server and relay runs as a child process and is stopped at the end (also on Ctrl-C).
@@ -322,51 +323,99 @@ def race(servers: List[str], n: int, delay: float, seed: int) -> None:
 
 # -- checkout cost ------------------------------------------------------------------------
 
-def checkout_cost(rounds: int, per_round: int = 3000) -> None:
+def report(client: str, idle: int, plain: List[float], fast: List[float]) -> None:
+    """One row: the medians of the paired rounds' times and of their ratios, with the range."""
+    ratios = [f / p for p, f in zip(plain, fast)]
+    print(f"{client:<10}{idle:>8}{statistics.median(plain):>10.2f}{statistics.median(fast):>11.2f}"
+          f"{statistics.median(ratios):>14.2f}{min(ratios):>8.2f}..{max(ratios):.2f}")
+
+
+def fill_urllib3(pm, url: str, idle: int):
+    responses = [pm.request("GET", url, preload_content=False) for _ in range(idle)]
+    for r in responses:
+        r.read()
+        r.release_conn()
+    return pm.connection_from_url(url)
+
+
+def urllib3_checkout(url: str, idle: int, rounds: int, per_round: int) -> None:
     import urllib3
 
     import fastka.pools
 
-    port = free_port()
-    server = Child("fastka serve", [sys.executable, "-m", "fastka", "serve", "--port", str(port),
-                                    "--keepalive-timeout", "600", "--max-requests", "100000"], ROOT, port)
+    plain_pm = urllib3.PoolManager(maxsize=idle)
+    fast_pm = fastka.pools.PoolManager(maxsize=idle, idle_timeout=300, max_age=3600)
     try:
-        print(f"\ncheckout cost (_get_conn + _put_conn), urllib3 {urllib3.__version__}, fastka {fastka.IMPLEMENTATION} "
-              f"backend, {rounds} paired rounds of {per_round}:")
-        print(f"{'idle connections':>18}{'plain us':>10}{'fastka us':>11}{'ratio median':>14}{'range':>16}")
-        for idle in (1, 100):
-            plain_pm = urllib3.PoolManager(maxsize=idle)
-            fast_pm = fastka.pools.PoolManager(maxsize=idle, idle_timeout=300, max_age=3600)
-            url = f"http://127.0.0.1:{port}/"
-            pools = []
-            for pm in (plain_pm, fast_pm):
-                responses = [pm.request("GET", url, preload_content=False) for _ in range(idle)]
-                for r in responses:
-                    r.read()
-                    r.release_conn()
-                pools.append(pm.connection_from_url(url))
+        pools = [fill_urllib3(plain_pm, url, idle), fill_urllib3(fast_pm, url, idle)]
 
-            def cycle(pool) -> float:
-                get, put = pool._get_conn, pool._put_conn
+        def cycle(pool) -> float:
+            get, put = pool._get_conn, pool._put_conn
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                put(get())
+            return (time.perf_counter() - t0) / per_round * 1e6
+
+        times: List[List[float]] = [[], []]
+        for i in range(rounds + 1):  # round 0 warms up
+            for k in ((0, 1) if i % 2 else (1, 0)):
+                us = cycle(pools[k])
+                if i:
+                    times[k].append(us)
+        report("urllib3", idle, *times)
+    finally:
+        plain_pm.clear()
+        fast_pm.clear()
+
+
+def aiohttp_checkout(url: str, idle: int, rounds: int, per_round: int) -> None:
+    import aiohttp
+
+    import fastka.pools
+
+    async def main() -> None:
+        connectors = [aiohttp.TCPConnector(limit=0), fastka.pools.TCPConnector(limit=0, max_age=3600)]
+        sessions = [aiohttp.ClientSession(connector=c) for c in connectors]
+        try:
+            for session in sessions:
+                async def one(session=session) -> None:
+                    async with session.get(url) as response:
+                        await response.read()
+                await asyncio.gather(*(one() for _ in range(idle)))
+
+            async def cycle(connector) -> float:
+                (key,) = list(connector._conns)
                 t0 = time.perf_counter()
                 for _ in range(per_round):
-                    put(get())
+                    (await connector._get(key, [])).release()
                 return (time.perf_counter() - t0) / per_round * 1e6
 
-            for pool in pools:
-                cycle(pool)  # warm-up
-            plain_us, fast_us, ratios = [], [], []
-            for i in range(rounds):
-                order = pools if i % 2 == 0 else pools[::-1]
-                got = {id(p): cycle(p) for p in order}
-                p, f = got[id(pools[0])], got[id(pools[1])]
-                plain_us.append(p)
-                fast_us.append(f)
-                ratios.append(f / p)
-            print(f"{idle:>18}{statistics.median(plain_us):>10.2f}{statistics.median(fast_us):>11.2f}"
-                  f"{statistics.median(ratios):>14.2f}{min(ratios):>8.2f}..{max(ratios):.2f}")
-            plain_pm.clear()
-            fast_pm.clear()
+            times: List[List[float]] = [[], []]
+            for i in range(rounds + 1):  # round 0 warms up
+                for k in ((0, 1) if i % 2 else (1, 0)):
+                    us = await cycle(connectors[k])
+                    if i:
+                        times[k].append(us)
+            report("aiohttp", idle, *times)
+        finally:
+            for session in sessions:
+                await session.close()
+
+    asyncio.run(main())
+
+
+def checkout_cost(rounds: int, per_round: int = 3000) -> None:
+    port = free_port()
+    server = Child("fastka serve", [sys.executable, "-m", "fastka", "serve", "--port", str(port),
+                                    "--keepalive-timeout", "600", "--max-requests", "1000000"], ROOT, port)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        print(f"\ncheckout cost: one checkout and return of a pooled connection (urllib3 _get_conn + _put_conn, "
+              f"aiohttp _get + release), fastka {fastka.IMPLEMENTATION} backend, {rounds} paired rounds of {per_round}:")
+        print(f"{'client':<10}{'idle':>8}{'plain us':>10}{'fastka us':>11}{'ratio median':>14}{'range':>16}")
+        for idle in (1, 100):
+            urllib3_checkout(url, idle, rounds, per_round)
+        for idle in (1, 100):
+            aiohttp_checkout(url, idle, rounds, per_round)
     finally:
         server.stop()
 

@@ -32,6 +32,7 @@ class _Handler(ResponseHandler):
 
     fastka_age_deadline: float = FOREVER
     fastka_hint: Optional[float] = None
+    fastka_fd: Optional[int] = None  # the socket's fd, while the transport is open
 
     def feed_data(self, data: Tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
         self.fastka_hint = keep_alive_timeout(data[0].headers.get("Keep-Alive"))
@@ -39,6 +40,12 @@ class _Handler(ResponseHandler):
 
 
 def _socket(proto: ResponseHandler) -> Any:
+    """The socket of ``proto``'s connection: its fd as noted when it was made (an int is
+    is_alive's fastest argument; it stays this socket's while the transport is open),
+    else the transport's socket object."""
+    fd: Optional[int] = getattr(proto, "fastka_fd", None)
+    if fd is not None:
+        return fd
     transport = proto.transport
     return None if transport is None else transport.get_extra_info("socket")
 
@@ -125,12 +132,14 @@ class TCPConnector(aiohttp.TCPConnector):
 
     async def _create_connection(self, req: ClientRequest, traces: List[Trace], timeout: aiohttp.ClientTimeout) -> ResponseHandler:
         proto = await super()._create_connection(req, traces, timeout)
+        sock = _socket(proto)
         if isinstance(proto, _Handler):
             proto.fastka_age_deadline = self.fastka_rule.age_deadline(monotonic())
+            proto.fastka_fd = None if sock is None else sock.fileno()
         keepalive = self.fastka_rule.keepalive
         if keepalive is not None:
             try:
-                fastka.set_keepalive(_socket(proto), keepalive)
+                fastka.set_keepalive(sock, keepalive)
             except (OSError, TypeError, ValueError):
                 proto.close()
                 raise
