@@ -62,20 +62,31 @@ def postgres_server() -> Iterator[PostgresServer]:
     data = os.path.join(top, "data")
     postgres = pwd.getpwnam("postgres")
     os.chown(top, postgres.pw_uid, postgres.pw_gid)
-    port = free_port()
-    server = PostgresServer(port, top)
     ctl = os.path.join(bindir, "pg_ctl")
+    log = os.path.join(top, "log")
     try:
-        subprocess.run(
+        init = subprocess.run(
             _as_postgres([os.path.join(bindir, "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"]),
-            check=True, capture_output=True, timeout=120,
+            capture_output=True, text=True, timeout=120,
         )
-        subprocess.run(
-            _as_postgres([ctl, "-D", data, "-l", os.path.join(top, "log"), "-w", "-t", "60", "-o",
-                          f"-p {port} -k {top} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
-            check=True, capture_output=True, timeout=90,
-        )
-        yield server
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed: {init.stdout}{init.stderr}")
+        for attempt in range(3):  # a free port can be taken by someone else before the server binds it
+            port = free_port()
+            start = subprocess.run(
+                _as_postgres([ctl, "-D", data, "-l", log, "-w", "-t", "60", "-o",
+                              f"-p {port} -k {top} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
+                capture_output=True, text=True, timeout=90,
+            )
+            if start.returncode == 0:
+                break
+            why = ""
+            if os.path.exists(log):
+                with open(log, errors="replace") as f:
+                    why = f.read()
+            if "already in use" not in why or attempt == 2:
+                raise RuntimeError(f"PostgreSQL did not start: {start.stdout}{start.stderr}\n{why[-2000:]}")
+        yield PostgresServer(port, top)
     finally:
         subprocess.run(_as_postgres([ctl, "-D", data, "-m", "immediate", "-w", "stop"]), capture_output=True, timeout=60)
         shutil.rmtree(top, ignore_errors=True)
