@@ -137,6 +137,23 @@ class KeepaliveConfig:
         redis-py takes as ``socket_keepalive_options``). Raises as socket_options does."""
         return {number: value for level, number, value in self.socket_options() if level == _platform.IPPROTO_TCP}
 
+    def libpq_params(self) -> Dict[str, str]:
+        """This config as libpq connection parameters (psycopg, psycopg2, SQLAlchemy
+        ``connect_args``, a conninfo string): ``keepalives``,
+        ``keepalives_idle``, ``keepalives_interval``, ``keepalives_count`` (seconds and
+        probes, as strings) and, when ``user_timeout`` is set, ``tcp_user_timeout`` in
+        milliseconds. libpq applies them on every connection it opens."""
+        idle, interval, count, user_timeout_ms = native(self)
+        params = {
+            "keepalives": "1",
+            "keepalives_idle": str(idle),
+            "keepalives_interval": str(interval),
+            "keepalives_count": str(count),
+        }
+        if user_timeout_ms >= 0:
+            params["tcp_user_timeout"] = str(user_timeout_ms)
+        return params
+
     def _plan(self) -> List[_platform.Step]:
         """The option calls of set_keepalive for this config on this platform (from
         _platform.plan); ValueError where one of them is an ioctl."""
