@@ -86,7 +86,7 @@ void fk_mgr_arm(struct fk_manager *m, int64_t now, int64_t drain_ms);
 int fk_mgr_owner(struct fk_manager *m, uint64_t data);
 /* Replace epfd by a new set holding the live slots (and the control fds): 0 or -errno. */
 int fk_mgr_rebuild(struct fk_manager *m);
-/* The event for a ready fd (FK_EV_NONE: nothing to report; it may then be muted as
+/* The event for a ready fd (FK_EV_NONE: nothing to report; it may then leave the epoll set as
  * draining). A READABLE restarts the idle clock. EPOLLIN alone (the fd is registered
  * with EPOLLRDHUP, so no FIN has arrived) is READABLE without a system call; the socket
  * is peeked only when EPOLLRDHUP, EPOLLHUP or EPOLLERR is set. */
