@@ -156,7 +156,10 @@ int fk_mgr_add(struct fk_manager *m, int fd, int64_t now)
     seq = m->seq + 1 ? m->seq + 1 : 1; /* 0 tags the control fds */
     ev.events = interest(m);
     ev.data.u64 = tag(seq, fd);
-    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+    /* EEXIST: this very file is still registered under fd, from a slot dropped without
+     * EPOLL_CTL_DEL (fk_mgr_forget) whose close() left the file open (a makefile() of
+     * the socket, say). No live slot owns it, so it is taken over. */
+    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 && (errno != EEXIST || epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
         return -errno;
     m->seq = seq;
     memset(s, 0, sizeof *s);

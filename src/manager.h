@@ -61,7 +61,7 @@ int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t
 void fk_mgr_destroy(struct fk_manager *m);
 int64_t fk_mgr_now(void);                      /* CLOCK_MONOTONIC in ms */
 int fk_mgr_has(const struct fk_manager *m, int fd);
-/* 0, -EEXIST, -ENOMEM or the epoll_ctl -errno. */
+/* 0, -EEXIST (fd is tracked), -ENOMEM or the epoll_ctl -errno. */
 int fk_mgr_add(struct fk_manager *m, int fd, int64_t now);
 /* Forget fd (and take it out of the epoll set, ignoring errors): 0 or -ENOENT. */
 int fk_mgr_remove(struct fk_manager *m, int fd);

@@ -572,3 +572,26 @@ def test_reset_while_waiting_for_the_reader_is_reported(mgr_factory, listener):
         c.close()
         s.close()
 
+
+
+def test_add_again_after_a_close_that_left_the_fd_open(mgr_factory, listener):
+    """An IDLE close() while a makefile() holds the socket leaves its fd open: the socket
+    can be added again, and is tracked as new."""
+    m = mgr_factory(0.05)
+    c, s = pair(listener)
+    f = s.makefile("rb")
+    try:
+        m.add(s)
+        time.sleep(0.1)
+        assert m.poll(1.0) == [(s, Event.IDLE)]
+        assert s.fileno() >= 0  # close() was deferred by the open file
+        m.add(s)
+        assert s in m and len(m) == 1
+        c.sendall(b"x")
+        assert m.poll(1.0) == [(s, Event.READABLE)]
+        m.remove(s)
+    finally:
+        f.close()
+        c.close()
+        s.close()
+
