@@ -10,6 +10,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         epoll_data_t data
     enum:
         EPOLLRDHUP
+        EPOLLHUP
 
 cdef extern from "events.h" nogil:
     enum fk_event:

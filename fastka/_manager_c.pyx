@@ -342,7 +342,7 @@ cdef class KeepaliveManager:
                         continue
                 else:
                     fd = drain[i - n]
-                    bits = EPOLLRDHUP
+                    bits = EPOLLRDHUP | EPOLLHUP  # re-checked: SO_ERROR, then a peek
                     if not fk_mgr_has(&self.m, fd):
                         continue
                 obj = self._objs[fd]

@@ -107,11 +107,10 @@ class _Poller:
             self._sel.register(fd, selectors.EVENT_READ)
 
     def mute(self, fd: int) -> None:
-        """Keep only the implicit error/hang-up interest (epoll), or stop watching (selectors)."""
-        if self._ep is not None:
-            self._ep.modify(fd, 0)
-        else:
-            self.unregister(fd)
+        """Stop watching ``fd`` for now (its owner re-checks it on a timer). Not even the
+        implicit error/hang-up interest may stay: once both directions are shut, epoll
+        reports EPOLLHUP for as long as the socket lives."""
+        self.unregister(fd)
 
     def unregister(self, fd: int) -> bool:
         """Forget ``fd``. False when the kernel no longer knows it under that number
@@ -125,12 +124,12 @@ class _Poller:
             return False
         return True
 
-    def rebuild(self, fds: Iterable[Tuple[int, Optional[bool]]]) -> None:
-        """Replace the epoll set by one holding ``fds``: (fd, readable), None for muted."""
+    def rebuild(self, fds: Iterable[Tuple[int, bool]]) -> None:
+        """Replace the epoll set by one holding ``fds``: (fd, readable)."""
         ep = select.epoll()
         for fd, readable in fds:
             try:
-                ep.register(fd, 0 if readable is None else self._mask(readable))
+                ep.register(fd, self._mask(readable))
             except OSError:
                 pass  # closed behind our back: its slot is found stale later
         self._src.register(ep.fileno(), select.EPOLLIN)
@@ -320,14 +319,15 @@ class KeepaliveManager:
         self._idle.pop(c.fd, None)
         self._life.pop(c.fd, None)
         self._limit.pop(c.fd, None)
-        self._draining.pop(c.fd, None)
-        if not self._poller.unregister(c.fd) and self._poller.tracks_files:
+        if c.fd in self._draining:  # muted: not in the poller
+            del self._draining[c.fd]
+        elif not self._poller.unregister(c.fd) and self._poller.tracks_files:
             self._suspect.add(c.fd)
 
     def _rebuild(self) -> None:
         """A fresh epoll set from the live slots: drops registrations no slot owns."""
         fds = [(self._wake_r.fileno(), True)]
-        fds += [(fd, None if fd in self._draining else self._watch) for fd in self._conns]
+        fds += [(fd, self._watch) for fd in self._conns if fd not in self._draining]
         self._poller.rebuild(fds)
         self._suspect.clear()
 
@@ -349,7 +349,8 @@ class KeepaliveManager:
         if p == PEEK_DATA:
             if self._watch:
                 return Event.READABLE
-            # FIN behind data someone else will read: wait for the reads (muted, re-peeked).
+            # FIN behind data someone else will read: wait for the reads (muted, re-peeked
+            # every DRAIN_CHECK_MS).
             if bits & (_RDHUP | _HUP) and c.fd not in self._draining:
                 self._draining[c.fd] = None
                 self._poller.mute(c.fd)
@@ -532,7 +533,7 @@ class KeepaliveManager:
             else:
                 self._forget(c)
         wake_fd = self._wake_r.fileno()
-        draining = [(fd, _RDHUP) for fd in self._draining]
+        draining = [(fd, _RDHUP | _HUP) for fd in self._draining]  # re-checked: SO_ERROR, then a peek
         for fd, bits in ready + draining:
             if fd == wake_fd:
                 try:

@@ -41,11 +41,13 @@ static uint64_t tag(uint32_t seq, int fd)
     return (uint64_t)seq << 32 | (uint32_t)fd;
 }
 
-/* What a slot is registered for: readability (when watched) and the peer's FIN; nothing
- * but the implicit EPOLLERR/EPOLLHUP while a FIN waits behind data someone else reads. */
-static uint32_t interest(const struct fk_manager *m, int draining)
+/* What a slot is registered for: readability (when watched) and the peer's FIN. A slot
+ * whose FIN waits behind data someone else reads (draining) is not registered at all:
+ * once our side has shut down too, epoll would report EPOLLHUP, which no interest mask
+ * turns off, on every wait until the data is read. The caller re-checks it on a timer. */
+static uint32_t interest(const struct fk_manager *m)
 {
-    return draining ? 0 : (m->watch ? EPOLLIN : 0) | EPOLLRDHUP;
+    return (m->watch ? EPOLLIN : 0) | EPOLLRDHUP;
 }
 
 /* A new epoll set holding the wake-up and timer fds (sequence number 0: no slot). */
@@ -152,9 +154,12 @@ int fk_mgr_add(struct fk_manager *m, int fd, int64_t now)
     if (s->used)
         return -EEXIST;
     seq = m->seq + 1 ? m->seq + 1 : 1; /* 0 tags the control fds */
-    ev.events = interest(m, 0);
+    ev.events = interest(m);
     ev.data.u64 = tag(seq, fd);
-    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+    /* EEXIST: this very file is still registered under fd, from a slot dropped without
+     * EPOLL_CTL_DEL (fk_mgr_forget) whose close() left the file open (a makefile() of
+     * the socket, say). No live slot owns it, so it is taken over. */
+    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 && (errno != EEXIST || epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
         return -errno;
     m->seq = seq;
     memset(s, 0, sizeof *s);
@@ -187,9 +192,10 @@ int fk_mgr_forget(struct fk_manager *m, int fd)
 
 int fk_mgr_remove(struct fk_manager *m, int fd)
 {
+    int draining = fk_mgr_has(m, fd) && m->slots[fd].draining; /* not registered */
     int r = fk_mgr_forget(m, fd);
     /* ENOENT/EBADF when the fd was closed (and maybe reused) behind our back: fine. */
-    if (r == 0)
+    if (r == 0 && !draining)
         epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, NULL);
     return r;
 }
@@ -289,9 +295,9 @@ int fk_mgr_rebuild(struct fk_manager *m)
     for (int32_t fd = 0; fd < m->cap; fd++) {
         const struct fk_slot *s = &m->slots[fd];
         struct epoll_event sev;
-        if (!s->used)
+        if (!s->used || s->draining)
             continue;
-        sev.events = interest(m, s->draining);
+        sev.events = interest(m);
         sev.data.u64 = tag(s->seq, fd);
         /* EBADF/EPERM: closed or replaced behind our back; its slot is found stale later */
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &sev);
@@ -337,10 +343,9 @@ int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now)
         }
         /* A FIN behind data someone else reads: wait for the reads, polled by the caller. */
         if (events & (EPOLLRDHUP | EPOLLHUP) && !s->draining) {
-            struct epoll_event ev = {.events = interest(m, 1), .data.u64 = tag(s->seq, fd)};
             s->draining = 1;
             m->ndraining++;
-            epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev);
+            epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, NULL);
         }
         return FK_EV_NONE;
     }

@@ -61,7 +61,7 @@ int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t
 void fk_mgr_destroy(struct fk_manager *m);
 int64_t fk_mgr_now(void);                      /* CLOCK_MONOTONIC in ms */
 int fk_mgr_has(const struct fk_manager *m, int fd);
-/* 0, -EEXIST, -ENOMEM or the epoll_ctl -errno. */
+/* 0, -EEXIST (fd is tracked), -ENOMEM or the epoll_ctl -errno. */
 int fk_mgr_add(struct fk_manager *m, int fd, int64_t now);
 /* Forget fd (and take it out of the epoll set, ignoring errors): 0 or -ENOENT. */
 int fk_mgr_remove(struct fk_manager *m, int fd);
@@ -86,7 +86,7 @@ void fk_mgr_arm(struct fk_manager *m, int64_t now, int64_t drain_ms);
 int fk_mgr_owner(struct fk_manager *m, uint64_t data);
 /* Replace epfd by a new set holding the live slots (and the control fds): 0 or -errno. */
 int fk_mgr_rebuild(struct fk_manager *m);
-/* The event for a ready fd (FK_EV_NONE: nothing to report; it may then be muted as
+/* The event for a ready fd (FK_EV_NONE: nothing to report; it may then leave the epoll set as
  * draining). A READABLE restarts the idle clock. EPOLLIN alone (the fd is registered
  * with EPOLLRDHUP, so no FIN has arrived) is READABLE without a system call; the socket
  * is peeked only when EPOLLRDHUP, EPOLLHUP or EPOLLERR is set. */

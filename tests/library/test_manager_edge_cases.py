@@ -521,3 +521,77 @@ def test_closed_on_expiry_while_a_dup_lives(mgr_factory, listener):
         for s in (c1, s1, c2, s2, dup):
             if s is not None:
                 s.close()
+
+
+def test_half_closed_with_unread_data_does_not_spin(mgr_factory, listener):
+    """watch_readable=False: the peer sent data and FIN, nobody reads, and our side
+    half-closes. Both directions are shut, so epoll reports a hang-up it cannot mute: the
+    manager must not wake for it again and again (it re-checks on the drain timer)."""
+    m = mgr_factory(None, watch_readable=False, close=False)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        c.sendall(b"unread")
+        c.shutdown(socket.SHUT_WR)
+        assert m.poll(0.2) == []  # the FIN is seen: the connection waits for its reader
+        s.shutdown(socket.SHUT_WR)
+        t0 = time.process_time()
+        assert m.poll(1.0) == []
+        assert time.process_time() - t0 < 0.3  # a spin costs ~1 s of CPU here
+        wakes = 0  # nested in a selector: the event-source fd stays quiet too
+        with selectors.DefaultSelector() as sel:
+            sel.register(m.fileno(), selectors.EVENT_READ)
+            t0 = time.process_time()
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                if sel.select(end - time.monotonic()):
+                    wakes += 1
+                    assert m.poll(0) == []
+        assert time.process_time() - t0 < 0.3 and wakes < 100
+        assert s.recv(100) == b"unread"  # the reader comes: the FIN is reported
+        assert m.poll(2.0) == [(s, Event.PEER_CLOSED)]
+    finally:
+        c.close()
+        s.close()
+
+
+def test_reset_while_waiting_for_the_reader_is_reported(mgr_factory, listener):
+    """A connection waiting for its reader (FIN behind unread data, out of the epoll set)
+    still reports a reset from its peer, on the drain timer."""
+    m = mgr_factory(None, watch_readable=False, close=False)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        c.sendall(b"unread")
+        c.shutdown(socket.SHUT_WR)
+        assert m.poll(0.2) == []
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # with linger 0: an RST
+        assert m.poll(2.0) == [(s, Event.RESET)]
+    finally:
+        c.close()
+        s.close()
+
+
+
+def test_add_again_after_a_close_that_left_the_fd_open(mgr_factory, listener):
+    """An IDLE close() while a makefile() holds the socket leaves its fd open: the socket
+    can be added again, and is tracked as new."""
+    m = mgr_factory(0.05)
+    c, s = pair(listener)
+    f = s.makefile("rb")
+    try:
+        m.add(s)
+        time.sleep(0.1)
+        assert m.poll(1.0) == [(s, Event.IDLE)]
+        assert s.fileno() >= 0  # close() was deferred by the open file
+        m.add(s)
+        assert s in m and len(m) == 1
+        c.sendall(b"x")
+        assert m.poll(1.0) == [(s, Event.READABLE)]
+        m.remove(s)
+    finally:
+        f.close()
+        c.close()
+        s.close()
+
