@@ -714,6 +714,38 @@ def test_reaper_never_reads_a_byte(combo):
     assert events in ([], [Event.PEER_CLOSED])
 
 
+def test_half_closed_connection_with_unread_data_leaves_the_loop_idle(backend, loop_kind):
+    """The peer sent data and a FIN that asyncio has not read (reading paused), and our side
+    half-closed too (write_eof): the process stays idle, far below 1% of a core over the
+    window (generous bound for a loaded machine: 5%), and the reaper reports nothing."""
+    window = 1.0
+    events = []
+
+    async def main():
+        reaper = KeepaliveReaper(30.0, on_event=lambda t, e: events.append(e), _backend=backend.load())
+        srv = Server(reaper, pause=True)
+        port = await srv.start()
+        client = socket.create_connection(("127.0.0.1", port))
+        await until(lambda: len(srv.transports) == 1 and not srv.transports[0].is_reading())
+        client.sendall(b"unread")  # no newline: nothing to answer after write_eof
+        client.shutdown(socket.SHUT_WR)
+        srv.transports[0].write_eof()
+        await asyncio.sleep(0.3)  # the FIN and the hang-up have arrived
+        cpu = time.process_time()
+        await asyncio.sleep(window)
+        cpu = time.process_time() - cpu
+        assert events == [] and srv.transports[0] in reaper
+        srv.transports[0].resume_reading()  # asyncio reads the data and the EOF, and closes
+        await until(lambda: len(srv.lost) == 1)
+        client.close()
+        await srv.stop()
+        reaper.close()
+        return cpu
+
+    cpu = run(loop_kind, main)
+    assert cpu <= 0.05 * window, f"{cpu:.3f} s of CPU in {window} s idle"
+
+
 class _FailingClose(Spy):
     def close(self) -> None:
         self.calls.append("close")
