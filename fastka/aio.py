@@ -46,7 +46,7 @@ import struct
 from collections import OrderedDict, deque
 from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
-from . import _backends
+from . import _backends, _jitter
 from ._config import KeepaliveConfig
 from ._types import Event
 
@@ -83,7 +83,10 @@ class KeepaliveReaper:
     socket, ``on_event(transport, event)`` a callback for every event (metrics, logs).
     ``drain_timeout`` (seconds, >= 0) bounds a graceful close: a transport closed on
     ``IDLE``, ``MAX_REQUESTS`` or ``MAX_LIFETIME`` that still buffers unsent data that long
-    after ``close()`` (its peer stopped reading) is aborted. Bad values raise
+    after ``close()`` (its peer stopped reading) is aborted. ``jitter`` (a fraction, 0 to
+    0.5) spreads each connection's ``max_lifetime`` and ``max_requests`` uniformly within
+    ±jitter, drawn when it is added, so that connections opened together do not all reach
+    their limit together; ``idle_timeout`` is never spread. Bad values raise
     TypeError/ValueError naming the argument.
 
     The reaper binds to the running loop on the first :meth:`add` (or ``async with``);
@@ -99,7 +102,9 @@ class KeepaliveReaper:
         keepalive: Optional[KeepaliveConfig] = None,
         on_event: Optional[OnEvent] = None,
         drain_timeout: float = DRAIN_TIMEOUT,
+        jitter: float = 0.0,
         _backend: Optional[_backends.Backend] = None,
+        _random: Optional[_jitter.Source] = None,
     ) -> None:
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be a callable(transport, event) or None, not {type(on_event).__name__}: {on_event!r}")
@@ -109,6 +114,11 @@ class KeepaliveReaper:
         drain = float(drain_timeout)
         if not (0 <= drain and math.isfinite(drain)):
             raise ValueError(f"drain_timeout={drain_timeout!r} must be finite seconds >= 0 (a graceful close never waits longer)")
+        spread: Dict[str, Any] = {}  # passed on only when asked for
+        if _jitter.check(jitter):
+            spread["jitter"] = jitter
+        if _random is not None:
+            spread["_random"] = _random
         backend = _backends.default() if _backend is None else _backend
         self._mgr: Any = backend.KeepaliveManager(
             idle_timeout,
@@ -117,6 +127,7 @@ class KeepaliveReaper:
             keepalive=keepalive,
             close=False,
             watch_readable=False,
+            **spread,
         )
         self._on_event = on_event
         self._drain_timeout = drain

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import socket
 import struct
 import time
 
 import pytest
 from aio_helpers import CLOCK_GRAIN, loop_kind, run  # noqa: F401  (loop_kind is a fixture)
-from conftest import Backend
+from conftest import BACKENDS, Backend
 
 import fastka.aio
-from fastka import Event, KeepaliveConfig, get_keepalive
+from fastka import Event, KeepaliveConfig, _jitter, get_keepalive
 from fastka.aio import KeepaliveReaper
 
 RESPONSE = b"ok\n"
@@ -364,6 +365,47 @@ def test_graceful_close_that_drains_in_time_is_not_aborted(combo):
     assert size == 5_000_000 and srv.transports[0].calls == ["close"]
 
 
+def test_jitter_spreads_max_requests_identically_on_both_backends(loop_kind):
+    """jitter=0.5 with a seeded random source: each connection, added in turn, gets its own
+    max_requests by the one jitter rule, the same on both backends."""
+    limit, jitter, seed, n = 8, 0.5, 20261202, 6
+
+    async def served(name):
+        reaper = KeepaliveReaper(30.0, max_requests=limit, jitter=jitter, _random=random.Random(seed).random, _backend=Backend(name).load())
+        srv = Server(reaper)
+        port = await srv.start()
+        counts = []
+        for _ in range(n):  # one connection at a time: the draws follow the adds
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answered = 0
+            while True:
+                writer.write(b"req\n")
+                data = await asyncio.wait_for(reader.read(len(RESPONSE)), 5)
+                if not data:
+                    break
+                answered += 1
+                await asyncio.wait_for(_rest(reader, data), 5)
+            counts.append(answered)
+            await close_all([writer])
+        await until(lambda: len(srv.lost) == n)
+        await srv.stop()
+        reaper.close()
+        return counts
+
+    async def main():
+        return [await served(name) for name in BACKENDS]
+
+    draw = random.Random(seed).random
+    expected = [_jitter.count(limit, jitter, draw) for _ in range(n)]
+    assert len(set(expected)) > 1  # the seed spreads them
+    assert run(loop_kind, main) == [expected] * len(BACKENDS)
+
+
+async def _rest(reader, data: bytes) -> None:
+    if len(data) < len(RESPONSE):
+        assert data + await reader.readexactly(len(RESPONSE) - len(data)) == RESPONSE
+
+
 def test_dead_peer_reset_goes_through_abort(combo):
     events = []
 
@@ -654,6 +696,8 @@ class _Closing(_NoSocket):
         ({"drain_timeout": -1}, ValueError, "drain_timeout"),
         ({"drain_timeout": float("inf")}, ValueError, "drain_timeout"),
         ({"drain_timeout": None}, TypeError, "drain_timeout"),
+        ({"jitter": 0.6}, ValueError, "jitter"),
+        ({"jitter": "0.1"}, TypeError, "jitter"),
     ],
 )
 def test_bad_arguments(backend, kwargs, error, words):
