@@ -41,10 +41,10 @@ def request_of(name: str) -> bytes:
     return b"hi\n" if name == "aio_streams" else b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
-async def ask(name: str, reader, writer) -> None:
-    """One request and its whole response."""
+async def ask(name: str, reader, writer) -> bytes:
+    """One request and its whole response; the response's head."""
     writer.write(request_of(name))
-    await ask_reply(name, reader)
+    return await ask_reply(name, reader)
 
 
 async def answers(name: str, reader) -> int:
@@ -59,18 +59,29 @@ async def answers(name: str, reader) -> int:
         n += 1
 
 
-async def ask_reply(name: str, reader) -> None:
-    """Read one whole response; IncompleteReadError at EOF."""
+async def ask_reply(name: str, reader) -> bytes:
+    """Read one whole response; its head (b"" for a line); IncompleteReadError at EOF."""
     if name == "aio_streams":
         line = await reader.readline()
         if not line:
             raise asyncio.IncompleteReadError(b"", None)
         assert line == b"hi\n"
-        return
+        return b""
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
     assert await reader.readexactly(length) == b"hello\n"
+    return head
+
+
+def closes_itself(name: str) -> bool:
+    """The uvicorn recipe ends a connection at max_requests in uvicorn's protocol (the last
+    response says Connection: close); the others through the reaper's MAX_REQUESTS."""
+    return name == "aio_uvicorn"
+
+
+def says_close(head: bytes) -> bool:
+    return re.search(rb"(?i)\r\nconnection: *close\r\n", head) is not None
 
 
 @pytest.fixture
@@ -109,9 +120,9 @@ async def started(name: str, recipe, on_event, want):
 
 
 async def started_uvicorn(recipe, on_event):
-    reaper = recipe.make_reaper(IDLE, MAX_REQUESTS, on_event)
+    reaper = recipe.make_reaper(IDLE, on_event)
     await reaper.__aenter__()
-    server = recipe.server(recipe.hello, reaper, port=0)
+    server = recipe.server(recipe.hello, reaper, port=0, max_requests=MAX_REQUESTS)
     task = asyncio.ensure_future(server.serve())
     while not server.started:
         assert not task.done(), task.exception()
@@ -138,8 +149,7 @@ def test_recipe_limits_requests_closes_idle_and_configures_keepalive(name, loop_
         try:
             # max_requests: the third answer arrives, then the FIN (EOF, not a reset)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            for _ in range(MAX_REQUESTS):
-                await ask(name, reader, writer)
+            heads = [await ask(name, reader, writer) for _ in range(MAX_REQUESTS)]
             answered = time.monotonic()
             assert await asyncio.wait_for(reader.read(100), 5) == b""
             fin_after = time.monotonic() - answered
@@ -153,12 +163,16 @@ def test_recipe_limits_requests_closes_idle_and_configures_keepalive(name, loop_
             writer.close()
         finally:
             await stop()
-        return fin_after, idle_after
+        return fin_after, idle_after, heads
 
-    fin_after, idle_after = run(loop_kind, main)
+    fin_after, idle_after, heads = run(loop_kind, main)
     assert fin_after <= 0.05, f"FIN {fin_after * 1000:.1f} ms after the last allowed response"
     assert IDLE - CLOCK_GRAIN <= idle_after <= IDLE + 0.5
-    assert [e for e, _ in seen] == [Event.MAX_REQUESTS, Event.IDLE]
+    if closes_itself(name):
+        assert [says_close(h) for h in heads] == [False] * (MAX_REQUESTS - 1) + [True]
+        assert [e for e, _ in seen] == [Event.IDLE]
+    else:
+        assert [e for e, _ in seen] == [Event.MAX_REQUESTS, Event.IDLE]
     want = recipe.KEEPALIVE
     for _, state in seen:
         assert (state.enabled, state.idle, state.interval, state.count) == (True, want.idle, want.interval, want.count)
@@ -184,8 +198,11 @@ def test_recipe_answers_pipelined_requests_up_to_the_limit_then_fin(name, loop_k
 
     with caplog.at_level(logging.ERROR):
         n = run(loop_kind, main)
-    assert MAX_REQUESTS <= n <= MAX_REQUESTS + 2
-    assert events == [Event.MAX_REQUESTS]
+    if closes_itself(name):
+        assert n == MAX_REQUESTS and events == []
+    else:
+        assert MAX_REQUESTS <= n <= MAX_REQUESTS + 2
+        assert events == [Event.MAX_REQUESTS]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
@@ -223,6 +240,28 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_uvicorn_recipe_without_a_port_prints_usage():
+    load("aio_uvicorn")
+    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, "aio_uvicorn.py")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.startswith("usage: ") and "PORT" in done.stderr
+
+
+def test_uvicorn_recipe_runs_on_the_loop_uvicorn_picks():
+    """uvloop when it is installed, as uvicorn alone would."""
+    recipe = load("aio_uvicorn")
+    pytest.importorskip("uvloop")
+    import uvloop
+
+    seen = []
+
+    async def fake_main(port):
+        seen.append(type(asyncio.get_running_loop()))
+
+    recipe.main = fake_main
+    recipe.run(0)
+    assert seen == [uvloop.Loop]
 
 
 @pytest.mark.parametrize("name", RECIPES)
