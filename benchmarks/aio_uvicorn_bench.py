@@ -3,8 +3,9 @@
     python benchmarks/aio_uvicorn_bench.py [--rounds 3] [--duration 5] [--idle 5000]
 
 Both servers run the same one-line ASGI app, one process each, on the loop uvicorn picks
-(uvloop when installed), with the same idle timeout (``--timeout`` seconds: uvicorn's
-``timeout_keep_alive`` alone, the reaper's ``idle_timeout`` with the recipe):
+(uvloop when installed), with the same idle timeout (``--timeout`` seconds, uvicorn's
+``timeout_keep_alive`` in both: the recipe leaves idle closes to uvicorn and adds its
+reaper for lifetime, keepalive and dead peers):
 
 * throughput: ``wrk -t1 -c100 -d{duration}s`` against each server in turn, ``--rounds``
   interleaved rounds; the figure is the median of the per-round ratios (recipe / uvicorn)
@@ -47,7 +48,7 @@ def serve(kind: str, port: int, timeout: float, max_requests: Optional[int]) -> 
 
     import uvicorn
 
-    import aio_uvicorn as recipe
+    import aio_uvicorn as recipe  # type: ignore[import-not-found]  # docs/examples, put on sys.path above
 
     if kind == "uvicorn":
         config = uvicorn.Config(recipe.hello, host="127.0.0.1", port=port, lifespan="off", log_level="warning", timeout_keep_alive=int(timeout), backlog=8192)
@@ -55,8 +56,8 @@ def serve(kind: str, port: int, timeout: float, max_requests: Optional[int]) -> 
         return
 
     async def main() -> None:
-        async with recipe.make_reaper(timeout) as reaper:
-            server = recipe.server(recipe.hello, reaper, port=port, max_requests=max_requests)
+        async with recipe.make_reaper() as reaper:
+            server = recipe.server(recipe.hello, reaper, port=port, idle_timeout=timeout, max_requests=max_requests)
             server.config.backlog = 8192
             await server.serve()
 
@@ -71,7 +72,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subprocess.Popen, int]:
+def start(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     args = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port), "--timeout", str(timeout)]
     if max_requests is not None:
@@ -88,7 +89,7 @@ def start(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subpr
             time.sleep(0.05)
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(10)
@@ -97,7 +98,7 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def wrk(proc: subprocess.Popen, port: int, duration: float) -> Tuple[float, int, float]:
+def wrk(proc: subprocess.Popen[bytes], port: int, duration: float) -> Tuple[float, int, float]:
     """(requests per second, read errors, server CPU microseconds per request) of one wrk run."""
     cpu = cpu_seconds(proc.pid)
     out = subprocess.run(["wrk", "-t1", "-c100", f"-d{duration:g}s", f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
@@ -122,7 +123,7 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def expiry(proc: subprocess.Popen, port: int, n: int, timeout: float) -> Dict[str, float]:
+def expiry(proc: subprocess.Popen[bytes], port: int, n: int, timeout: float) -> Dict[str, float]:
     """n connections, one request each, then silence until the server closes them all."""
     socks: List[socket.socket] = []
     answered: Dict[int, float] = {}

@@ -1,22 +1,20 @@
-"""uvicorn: connections limited by fastka.aio.KeepaliveReaper, inside uvicorn's own protocol.
+"""uvicorn: what uvicorn lacks, added inside its own protocol; what it does well, left to it.
 
-uvicorn offers no hook around a connection's keep-alive, but ``uvicorn.Config(http=...)``
-takes a protocol class. ``reaped_protocol(reaper)`` returns uvicorn's httptools protocol
-with three methods extended, and nothing else per request:
+uvicorn closes idle keep-alive connections itself (``timeout_keep_alive``: a loop timer per
+connection, re-armed after every response; it has no switch to turn it off, so a reaper's
+idle clock beside it would only add its cost on top). It has no per-connection request
+limit (``--limit-max-requests`` restarts the whole worker), no connection lifetime, and
+no TCP keepalive settings or dead-peer reports. ``reaped_protocol(reaper, max_requests)``
+returns uvicorn's httptools protocol (``uvicorn.Config(http=...)`` takes a protocol class;
+uvicorn offers no other hook) with these methods extended, and no other work per request:
 
 * ``connection_made`` / ``connection_lost``: the connection is added to / discarded from
-  the reaper;
-* ``on_response_complete`` (uvicorn calls it once a response has been written in full):
-  one ``reaper.touch``;
+  the reaper, which applies ``KEEPALIVE`` to its socket, closes it at ``max_lifetime``
+  (spread by ``jitter``) and aborts it when its peer is found dead;
 * with ``max_requests``, ``on_headers_complete`` counts the connection's requests and
-  marks the last one not keep-alive: uvicorn then answers it with ``Connection: close``
+  marks the last allowed one not keep-alive: uvicorn answers it with ``Connection: close``
   and closes the connection after the response, as it does for a client that asked for
-  that. The request limit is the protocol's, so a client is told before the FIN.
-
-The reaper closes idle connections (``idle_timeout``), old ones (``max_lifetime``, spread
-by ``jitter``) and dead peers found by TCP keepalive. uvicorn keeps arming its own
-keep-alive timer after every response (it has no switch to turn it off); it is set to
-``BACKSTOP`` seconds, far above ``idle_timeout``, so that the reaper's close comes first.
+  that. The client is told before the FIN.
 
 ``python aio_uvicorn.py PORT`` serves on 127.0.0.1:PORT (0: any free port), on uvloop
 when it is installed (uvicorn's own choice of loop).
@@ -34,7 +32,6 @@ import fastka
 from fastka.aio import KeepaliveReaper, OnEvent
 
 KEEPALIVE = fastka.KeepaliveConfig()  # fastka's defaults; pass idle=, interval=, count= to change them
-BACKSTOP = 3600  # seconds: uvicorn's own keep-alive timer, a backstop behind the reaper
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,7 +42,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def reaped_protocol(reaper: KeepaliveReaper, max_requests: Optional[int] = None) -> Type[asyncio.Protocol]:
     """A protocol class for ``uvicorn.Config(http=...)``: uvicorn's httptools protocol,
-    whose connections ``reaper`` limits and which answers the ``max_requests``-th request
+    whose connections ``reaper`` tracks and which answers the ``max_requests``-th request
     of a connection with ``Connection: close`` (``None``: no limit)."""
     if max_requests is not None and (isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1):
         raise ValueError(f"max_requests={max_requests!r} must be an int >= 1 or None")
@@ -58,10 +55,6 @@ def reaped_protocol(reaper: KeepaliveReaper, max_requests: Optional[int] = None)
         def connection_lost(self, exc: Optional[Exception]) -> None:
             reaper.discard(self.transport)
             super().connection_lost(exc)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            reaper.touch(self.transport)
 
     if max_requests is None:
         return Reaped
@@ -92,25 +85,28 @@ def server(
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
+    idle_timeout: float = 5.0,
     max_requests: Optional[int] = 100,
     log_level: str = "warning",
 ) -> uvicorn.Server:
-    """A uvicorn.Server for ``app`` with the reaper in place; run it with ``await
-    server.serve()`` inside the reaper's ``async with``."""
+    """A uvicorn.Server for ``app`` with the reaper in place, closing connections idle for
+    ``idle_timeout`` seconds (uvicorn's own timer); run it with ``await server.serve()``
+    inside the reaper's ``async with``."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         http=reaped_protocol(reaper, max_requests),
         lifespan="off",
-        timeout_keep_alive=BACKSTOP,
+        timeout_keep_alive=idle_timeout,  # type: ignore[arg-type]  # uvicorn takes seconds as a float too
         log_level=log_level,
     )
     return uvicorn.Server(config)
 
 
-def make_reaper(idle_timeout: float = 5.0, on_event: Optional[OnEvent] = None, *, max_lifetime: Optional[float] = None, jitter: float = 0.0) -> KeepaliveReaper:
-    return KeepaliveReaper(idle_timeout, max_lifetime=max_lifetime, jitter=jitter, keepalive=KEEPALIVE, on_event=on_event)
+def make_reaper(on_event: Optional[OnEvent] = None, *, max_lifetime: Optional[float] = 3600.0, jitter: float = 0.0) -> KeepaliveReaper:
+    """No idle clock (uvicorn's is already there): lifetime, keepalive and dead peers."""
+    return KeepaliveReaper(None, max_lifetime=max_lifetime, jitter=jitter, keepalive=KEEPALIVE, on_event=on_event)
 
 
 async def main(port: int) -> None:

@@ -75,8 +75,9 @@ async def ask_reply(name: str, reader) -> bytes:
 
 
 def closes_itself(name: str) -> bool:
-    """The uvicorn recipe ends a connection at max_requests in uvicorn's protocol (the last
-    response says Connection: close); the others through the reaper's MAX_REQUESTS."""
+    """The uvicorn recipe leaves max_requests to uvicorn's protocol (the last response says
+    Connection: close) and idle closes to uvicorn's timer, and reaps at max_lifetime; the
+    others reap at MAX_REQUESTS and IDLE."""
     return name == "aio_uvicorn"
 
 
@@ -120,9 +121,9 @@ async def started(name: str, recipe, on_event, want):
 
 
 async def started_uvicorn(recipe, on_event):
-    reaper = recipe.make_reaper(IDLE, on_event)
+    reaper = recipe.make_reaper(on_event)
     await reaper.__aenter__()
-    server = recipe.server(recipe.hello, reaper, port=0, max_requests=MAX_REQUESTS)
+    server = recipe.server(recipe.hello, reaper, port=0, idle_timeout=IDLE, max_requests=MAX_REQUESTS)
     task = asyncio.ensure_future(server.serve())
     while not server.started:
         assert not task.done(), task.exception()
@@ -170,7 +171,7 @@ def test_recipe_limits_requests_closes_idle_and_configures_keepalive(name, loop_
     assert IDLE - CLOCK_GRAIN <= idle_after <= IDLE + 0.5
     if closes_itself(name):
         assert [says_close(h) for h in heads] == [False] * (MAX_REQUESTS - 1) + [True]
-        assert [e for e, _ in seen] == [Event.IDLE]
+        assert seen == []  # both closes were uvicorn's
     else:
         assert [e for e, _ in seen] == [Event.MAX_REQUESTS, Event.IDLE]
     want = recipe.KEEPALIVE
@@ -204,6 +205,46 @@ def test_recipe_answers_pipelined_requests_up_to_the_limit_then_fin(name, loop_k
         assert MAX_REQUESTS <= n <= MAX_REQUESTS + 2
         assert events == [Event.MAX_REQUESTS]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_uvicorn_recipe_closes_a_busy_connection_at_max_lifetime_and_sets_keepalive(loop_kind, on_backend):
+    recipe = load("aio_uvicorn")
+    seen = []
+
+    def on_event(transport, event):
+        seen.append((event, fastka.get_keepalive(transport.get_extra_info("socket"))))
+
+    async def main():
+        reaper = recipe.make_reaper(on_event, max_lifetime=0.5)
+        async with reaper:
+            assert type(reaper._mgr) is on_backend.KeepaliveManager
+            server = recipe.server(recipe.hello, reaper, port=0, idle_timeout=5.0, max_requests=None)
+            task = asyncio.ensure_future(server.serve())
+            while not server.started:
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.01)
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.servers[0].sockets[0].getsockname()[1])
+                born = time.monotonic()
+                heads = []
+                try:
+                    while True:
+                        heads.append(await ask("aio_uvicorn", reader, writer))
+                        await asyncio.sleep(0.05)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    pass  # the reaper's FIN (or a request that crossed it: a reset)
+                lived = time.monotonic() - born
+                writer.close()
+            finally:
+                server.should_exit = True
+                await task
+        return lived, heads
+
+    lived, heads = run(loop_kind, main)
+    assert 0.5 - CLOCK_GRAIN <= lived <= 1.5
+    assert len(heads) >= 3 and not any(says_close(h) for h in heads)
+    want = recipe.KEEPALIVE
+    assert [(e, (s.enabled, s.idle, s.interval, s.count)) for e, s in seen] == [(Event.MAX_LIFETIME, (True, want.idle, want.interval, want.count))]
 
 
 def test_streams_recipe_closes_the_connection_when_add_fails(loop_kind, on_backend):
@@ -242,9 +283,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_uvicorn_recipe_without_a_port_prints_usage():
-    load("aio_uvicorn")
-    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, "aio_uvicorn.py")], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_without_a_port_prints_usage(name):
+    load(name)
+    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, f"{name}.py")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.startswith("usage: ") and "PORT" in done.stderr
 
 
