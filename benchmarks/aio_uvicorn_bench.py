@@ -15,10 +15,11 @@ reaper for lifetime, keepalive and dead peers):
   ``max_requests=100``: wrk's read errors show whether the last response said
   ``Connection: close``;
 * expiry: ``--idle`` connections send one request each and then stay silent; measured per
-  server: CPU time the server spends until the last of them is closed, FIN lateness
+  server: CPU time the server spends on them (accept, answer, idle close), FIN lateness
   (client-side receive time of each EOF minus the request's answer time minus the
-  timeout: p50/p99/max, one epoll reader), and the server's resident memory with all of
-  them open.
+  timeout: p50/p99/max, one epoll reader that stamps each answer as it arrives, so a
+  negative figure is a FIN sent early or an answer stamped late), and the server's
+  resident memory with all of them open.
 """
 from __future__ import annotations
 
@@ -124,36 +125,44 @@ def rss_kib(pid: int) -> int:
 
 
 def expiry(proc: subprocess.Popen[bytes], port: int, n: int, timeout: float) -> Dict[str, float]:
-    """n connections, one request each, then silence until the server closes them all."""
+    """n connections, one request each, then silence until the server closes them all.
+    The server's CPU time covers the whole of it (accept, answer, idle close); the
+    resident memory is read once every connection has its answer."""
     socks: List[socket.socket] = []
     answered: Dict[int, float] = {}
+    lateness: List[float] = []
+    rss = 0
     base_rss = rss_kib(proc.pid)
-    for _ in range(n):
+    cpu0 = cpu_seconds(proc.pid)
+    ep = select.epoll()
+    pending: Dict[int, socket.socket] = {}
+    got: Dict[int, bytes] = {}
+
+    def collect(wait: float) -> None:
+        """Read what arrived: each answer and each EOF is timestamped as soon as it is seen."""
+        for fd, _ in ep.poll(wait):
+            now = time.monotonic()
+            data = pending[fd].recv(4096)
+            if not data:
+                lateness.append(now - answered[fd] - timeout)
+                ep.unregister(fd)
+                continue
+            got[fd] = got.get(fd, b"") + data
+            if got[fd].endswith(b"hello\n") and fd not in answered:
+                answered[fd] = now
+
+    for _ in range(n):  # connect and ask, reading as things come (not all at the end)
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(REQUEST)
         socks.append(s)
-    ep = select.epoll()
-    for s in socks:
+        pending[s.fileno()] = s
         ep.register(s.fileno(), select.EPOLLIN)
-    pending = {s.fileno(): s for s in socks}
-    got: Dict[int, bytes] = {}
-    while len(answered) < n:  # the answers
-        for fd, _ in ep.poll(5):
-            data = pending[fd].recv(4096)
-            got[fd] = got.get(fd, b"") + data
-            if got[fd].endswith(b"hello\n"):
-                answered[fd] = time.monotonic()
-                ep.modify(fd, select.EPOLLIN | select.EPOLLRDHUP)
-    rss = rss_kib(proc.pid) - base_rss
-    cpu0 = cpu_seconds(proc.pid)
-    lateness: List[float] = []
+        collect(0)
     deadline = time.monotonic() + timeout + 30
     while len(lateness) < n and time.monotonic() < deadline:
-        for fd, _ in ep.poll(1):
-            now = time.monotonic()
-            if pending[fd].recv(4096) == b"":
-                lateness.append(now - answered[fd] - timeout)
-                ep.unregister(fd)
+        if not rss and len(answered) == n:
+            rss = rss_kib(proc.pid) - base_rss
+        collect(0.5)
     cpu = cpu_seconds(proc.pid) - cpu0
     for s in socks:
         s.close()
@@ -175,7 +184,7 @@ def ratio_line(ratios: List[float]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="paired throughput rounds (0: skip)")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--idle", type=int, default=5000, help="connections for the expiry figures (0: skip)")
     parser.add_argument("--timeout", type=float, default=5.0, help="the idle timeout of both servers, seconds")
@@ -203,15 +212,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             for name in ratios:
                 ratios[name].append(figures[name][0] / figures["uvicorn"][0])
                 cost[name].append(figures[name][2] / figures["uvicorn"][2])
-        print(f"req/s, recipe / uvicorn:                          {ratio_line(ratios['recipe'])}")
-        print(f"req/s, recipe max_requests=100 / uvicorn:         {ratio_line(ratios['recipe100'])}")
-        print(f"server CPU per request, recipe / uvicorn:         {ratio_line(cost['recipe'])}")
-        print(f"server CPU per request, recipe max_requests=100 / uvicorn: {ratio_line(cost['recipe100'])}")
+        if args.rounds:
+            print(f"req/s, recipe / uvicorn:                          {ratio_line(ratios['recipe'])}")
+            print(f"req/s, recipe max_requests=100 / uvicorn:         {ratio_line(ratios['recipe100'])}")
+            print(f"server CPU per request, recipe / uvicorn:         {ratio_line(cost['recipe'])}")
+            print(f"server CPU per request, recipe max_requests=100 / uvicorn: {ratio_line(cost['recipe100'])}")
         if args.idle:
             for name in ("uvicorn", "recipe"):
                 proc, port = servers[name]
                 e = expiry(proc, port, args.idle, args.timeout)
-                print(f"{name:8} {args.idle} idle connections: closed {e['closed']:.0f}, server CPU until the last close {e['cpu']:.2f} s, "
+                print(f"{name:8} {args.idle} idle connections: closed {e['closed']:.0f}, server CPU {e['cpu']:.2f} s, "
                       f"RSS {e['rss_per_conn']:.0f} B per connection, FIN lateness p50 {e['p50'] * 1000:.1f} ms p99 {e['p99'] * 1000:.1f} ms max {e['max'] * 1000:.1f} ms", flush=True)
     finally:
         for proc, _ in servers.values():

@@ -6,7 +6,8 @@ idle clock beside it would only add its cost on top). It has no per-connection r
 limit (``--limit-max-requests`` restarts the whole worker), no connection lifetime, and
 no TCP keepalive settings or dead-peer reports. ``reaped_protocol(reaper, max_requests)``
 returns uvicorn's httptools protocol (``uvicorn.Config(http=...)`` takes a protocol class;
-uvicorn offers no other hook) with these methods extended, and no other work per request:
+uvicorn offers no other hook; httptools comes with ``uvicorn[standard]``) with these
+methods extended, and no other work per request:
 
 * ``connection_made`` / ``connection_lost``: the connection is added to / discarded from
   the reaper, which applies ``KEEPALIVE`` to its socket, closes it at ``max_lifetime``
