@@ -74,6 +74,17 @@ def free_port() -> int:
 
 
 def start(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subprocess.Popen[bytes], int]:
+    """Start a server on a free port (a few tries: another process may take the port
+    between the probe and the server's bind)."""
+    for _ in range(5):
+        try:
+            return start_once(kind, timeout, max_requests)
+        except RuntimeError:
+            continue
+    raise RuntimeError(f"the {kind} server did not start in 5 tries")
+
+
+def start_once(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     args = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port), "--timeout", str(timeout)]
     if max_requests is not None:
@@ -86,6 +97,7 @@ def start(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subpr
             return proc, port
         except ConnectionRefusedError:
             if proc.poll() is not None or time.monotonic() > end:
+                stop(proc)
                 raise RuntimeError(f"the {kind} server did not start")
             time.sleep(0.05)
 
@@ -200,8 +212,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     import fastka
 
     print(f"fastka backend {fastka.IMPLEMENTATION}, timeout {args.timeout:g} s, wrk -t1 -c100 -d{args.duration:g}s, {args.rounds} interleaved rounds")
-    servers = {"uvicorn": start("uvicorn", args.timeout, None), "recipe": start("recipe", args.timeout, None), "recipe100": start("recipe", args.timeout, 100)}
+    servers: Dict[str, Tuple[subprocess.Popen[bytes], int]] = {}
     try:
+        for name, kind, limit in (("uvicorn", "uvicorn", None), ("recipe", "recipe", None), ("recipe100", "recipe", 100)):
+            servers[name] = start(kind, args.timeout, limit)
         ratios: Dict[str, List[float]] = {"recipe": [], "recipe100": []}
         cost: Dict[str, List[float]] = {"recipe": [], "recipe100": []}
         for r in range(args.rounds):
