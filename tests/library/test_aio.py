@@ -325,23 +325,25 @@ def test_peer_that_stops_reading_is_aborted_drain_timeout_after_a_graceful_close
         srv = Server(reaper, spy=True, response=b"x" * 20_000_000)
         port = await srv.start()
         client = socket.create_connection(("127.0.0.1", port), timeout=5)
-        client.sendall(b"big\n")
-        await until(lambda: len(srv.transports) == 1 and srv.transports[0].calls == ["close"])
-        closed = time.monotonic()
-        assert srv.transports[0].get_write_buffer_size() > 0  # the close is still flushing
-        await until(lambda: len(srv.lost) == 1, timeout=drain + 5)
-        lost = time.monotonic() - closed
-        with pytest.raises(ConnectionResetError):
-            while client.recv(1 << 20):
-                pass
-        client.close()
+        try:
+            client.sendall(b"big\n")
+            await until(lambda: len(srv.transports) == 1 and srv.transports[0].calls == ["close"])
+            closed = time.monotonic()
+            assert srv.transports[0].get_write_buffer_size() > 0  # the close is still flushing
+            await until(lambda: len(srv.lost) == 1, timeout=drain + 10)
+            lost = time.monotonic() - closed
+            with pytest.raises(ConnectionResetError):
+                while client.recv(1 << 20):
+                    pass
+        finally:
+            client.close()
         await srv.stop()
         reaper.close()
         return lost, srv
 
     lost, srv = run(combo.loop_kind, main)
     assert srv.transports[0].calls == ["close", "abort"]
-    assert drain - 0.05 <= lost <= drain + 1.0, f"aborted {lost:.3f} s after the close, drain_timeout {drain}"
+    assert drain - 0.05 <= lost <= drain + 3.0, f"aborted {lost:.3f} s after the close, drain_timeout {drain}"
     assert len(events) == 1 and events[0] in (Event.IDLE, Event.MAX_LIFETIME)
 
 
