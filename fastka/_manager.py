@@ -103,6 +103,32 @@ def check_closable(sock: object) -> None:
         )
 
 
+def socket_type(sock: object, fd: int) -> Optional[int]:
+    """The SO_TYPE of ``sock`` (whose fd is ``fd``), or None when it is not a socket (a
+    pipe, say) or cannot be asked (closed: add() then fails on the fd itself)."""
+    if isinstance(sock, socket.socket):
+        return sock.type
+    try:
+        s = socket.socket(fileno=fd)  # reads SO_TYPE
+    except OSError:
+        return None
+    kind = s.type
+    s.detach()
+    return int(kind)
+
+
+def check_stream(fd: int, kind: Optional[int]) -> None:
+    """The manager tracks connections: a socket whose type is not SOCK_STREAM (UDP, a
+    datagram or seqpacket Unix socket) has no FIN, reset or keepalive to watch, and is a
+    TypeError. ``kind`` None (not a socket: a pipe, a tty) is allowed."""
+    if kind is not None and kind != socket.SOCK_STREAM:
+        try:
+            name = socket.SocketKind(kind).name
+        except ValueError:
+            name = str(kind)
+        raise TypeError(f"fd {fd} is a socket of type {name}: the manager tracks stream (TCP) connections only")
+
+
 def reinit_error() -> RuntimeError:
     """__init__ called again on an open manager (it would forget every connection)."""
     return RuntimeError("KeepaliveManager.__init__ called on a manager that is already open; make a new one")

@@ -12,6 +12,14 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLRDHUP
         EPOLLHUP
 
+cdef extern from "<sys/socket.h>" nogil:
+    enum:
+        SOL_SOCKET
+        SO_TYPE
+        SOCK_STREAM
+    ctypedef unsigned int socklen_t
+    int getsockopt(int fd, int level, int name, void *value, socklen_t *length)
+
 cdef extern from "events.h" nogil:
     enum fk_event:
         FK_EV_NONE

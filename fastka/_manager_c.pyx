@@ -181,6 +181,8 @@ cdef class KeepaliveManager:
         cdef int64_t now
         cdef struct_stat st
         cdef size_t failed = 0
+        cdef int kind
+        cdef socklen_t kind_len
         self._check_open()
         if self._close:
             common.check_closable(sock)
@@ -199,6 +201,9 @@ cdef class KeepaliveManager:
         if fstat(fd, &st) < 0:  # in C: os.fstat would let other threads run
             r = c_errno
             raise OSError(r, f"cannot add fd {fd}: {os.strerror(r)}")
+        kind_len = sizeof(kind)
+        if getsockopt(fd, SOL_SOCKET, SO_TYPE, &kind, &kind_len) == 0 and kind != SOCK_STREAM:
+            common.check_stream(fd, kind)  # raises; not a socket (a pipe) is allowed
         # Skipped where the socket carries the config already (inherited from a listener);
         # an unreadable socket is applied anyway, so it fails as set_keepalive fails.
         if self._keepalive is not None and fk_sockopt_match(fd, self._ka, self._ka_n) != 1:

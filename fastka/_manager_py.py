@@ -370,7 +370,8 @@ class KeepaliveManager:
         """Start tracking ``sock`` (a socket, object with fileno(), or int fd).
 
         Raises ValueError when it is already tracked, TypeError/ValueError for a bad
-        argument (with close=True: TypeError for an object without close()), OSError when
+        argument (TypeError for a socket that is not a stream socket; with close=True,
+        for an object without close()), OSError when
         the fd cannot be watched (closed, not pollable).
         """
         fd = fd_of(sock)
@@ -387,6 +388,7 @@ class KeepaliveManager:
                 os.fstat(fd)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot add fd {fd}: {os.strerror(exc.errno or errno.EBADF)}") from None
+            common.check_stream(fd, common.socket_type(sock, fd))
             if self._keepalive is not None:
                 self._apply_keepalive(sock, fd)
             try:

@@ -468,7 +468,7 @@ def test_transport_sockets_under_event_loops(loops_warmed, backend, new_loop):
         loop.close()
 
 
-def test_keepalive_on_a_udp_socket_same_error_on_both_backends():
+def test_keepalive_on_a_unix_socket_same_error_on_both_backends():
     """The manager applies keepalive through set_keepalive's plan on both backends, so a
     socket that refuses it fails with the same error, naming the same option."""
     from fastka import _backends
@@ -480,7 +480,7 @@ def test_keepalive_on_a_udp_socket_same_error_on_both_backends():
         except _backends.BackendUnavailable as exc:
             pytest.skip(str(exc))
         m = backend.KeepaliveManager(None, keepalive=KeepaliveConfig(user_timeout=2.007))
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u, other = socket.socketpair()  # a stream socket that refuses TCP options
         try:
             with pytest.raises(OSError) as info:
                 m.add(u)
@@ -491,6 +491,7 @@ def test_keepalive_on_a_udp_socket_same_error_on_both_backends():
             assert len(m) == 0
         finally:
             u.close()
+            other.close()
             m.close()
     assert msgs[0] == msgs[1]
 
@@ -595,3 +596,32 @@ def test_add_again_after_a_close_that_left_the_fd_open(mgr_factory, listener):
         c.close()
         s.close()
 
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_SEQPACKET])
+def test_add_refuses_a_socket_that_is_not_a_stream(mgr_factory, kind):
+    """A datagram (or seqpacket) socket has no connection to keep alive and no FIN to
+    report: add() refuses it as the reaper does, as a socket or as its int fd."""
+    m = mgr_factory(None, close=False)
+    family = socket.AF_INET if kind == socket.SOCK_DGRAM else socket.AF_UNIX
+    u = socket.socket(family, kind)
+    try:
+        for arg in (u, u.fileno()):
+            with pytest.raises(TypeError, match="stream"):
+                m.add(arg)
+        assert len(m) == 0
+    finally:
+        u.close()
+
+
+@pytest.mark.parametrize("field", ["idle_timeout", "max_lifetime"])
+def test_longest_timeouts_never_overflow_the_wait(mgr_factory, tcp_pair, field):
+    """The largest timeouts (1e9 s) wait in slices the poller accepts."""
+    c, s = tcp_pair
+    m = mgr_factory(**{field: 1e9}) if field == "max_lifetime" else mgr_factory(1e9)
+    m.add(s)
+    assert m.poll(0.05) == []
+    assert 0 < m.next_deadline() <= 1e9
+    c.sendall(b"x")
+    assert m.poll(1.0) == [(s, Event.READABLE)]
+    m.remove(s)
