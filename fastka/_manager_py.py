@@ -25,6 +25,11 @@ backend uses an eventfd and a timerfd instead of the socket and the thread. Wher
 selector has no fd of its own (select and poll: Windows, some Unixes) ``fileno()`` raises
 io.UnsupportedOperation and ``next_deadline()`` is the way to schedule ``poll()``.
 
+Threads: one lock guards the manager's state; the user's code (an object's ``fileno()``
+and ``close()``) never runs under it, so a ``close()`` that takes a connection pool's
+lock cannot deadlock with a thread that holds that lock and calls ``add()``. After such a
+call the slot is re-checked under the lock: another thread may have changed it.
+
 fd reuse: before acting on a slot the manager checks that the object still has the fd it
 was added with (``obj.fileno() == fd``; a closed ``socket.socket`` returns -1; a
 ``fileno()`` that raises fails the check). A slot that fails the check is stale: it is
@@ -272,12 +277,14 @@ class KeepaliveManager:
         if self._closed:
             raise ValueError("I/O operation on closed manager")
 
-    def _fresh(self, c: _Conn) -> bool:
-        """Does the object still own the fd it was added with? (fd-reuse safety)"""
-        if isinstance(c.obj, int):
+    @staticmethod
+    def _owns(obj: Any, fd: int) -> bool:
+        """Does ``obj`` still own the fd it was added with? (fd-reuse safety). Asks the
+        user's ``fileno()``: never called under the manager's lock."""
+        if isinstance(obj, int):
             return True
         try:
-            return c.obj.fileno() == c.fd
+            return bool(obj.fileno() == fd)
         except Exception:
             return False
 
@@ -375,20 +382,26 @@ class KeepaliveManager:
         the fd cannot be watched (closed, not pollable).
         """
         fd = fd_of(sock)
+        self._check_open()
+        if self._close:
+            common.check_closable(sock)
+        kind = common.socket_type(sock, fd)
+        with self._lock:
+            old = self._conns.get(fd)
+        if old is not None:
+            if old.obj is sock or (isinstance(sock, int) and isinstance(old.obj, int)) or self._owns(old.obj, fd):
+                raise ValueError(f"fd {fd} is already in this manager")
         with self._lock:
             self._check_open()
-            if self._close:
-                common.check_closable(sock)
-            old = self._conns.get(fd)
-            if old is not None:
-                if old.obj is sock or (isinstance(sock, int) and isinstance(old.obj, int)) or self._fresh(old):
-                    raise ValueError(f"fd {fd} is already in this manager")
+            if old is not None and self._conns.get(fd) is old:
                 self._forget(old)  # stale: its socket was closed and the fd number reused
+            if fd in self._conns:  # added by another thread meanwhile
+                raise ValueError(f"fd {fd} is already in this manager")
             try:
                 os.fstat(fd)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot add fd {fd}: {os.strerror(exc.errno or errno.EBADF)}") from None
-            common.check_stream(fd, common.socket_type(sock, fd))
+            common.check_stream(fd, kind)
             if self._keepalive is not None:
                 self._apply_keepalive(sock, fd)
             try:
@@ -410,30 +423,42 @@ class KeepaliveManager:
 
         _keepalive.carry(_keepalive_py, fd, self._keepalive)
 
-    def _lookup(self, sock: Any) -> _Conn:
+    def _find(self, sock: Any) -> _Conn:
+        """The slot of tracked ``sock``, or KeyError. Called without the lock (it asks
+        the user's fileno()); the caller re-checks under the lock that the slot is still
+        the one tracked (``_held``)."""
         fd = fd_of(sock)
-        c = self._conns.get(fd)
-        if c is None or not self._fresh(c) or not (c.obj is sock or isinstance(sock, int)):
+        with self._lock:
+            self._check_open()
+            c = self._conns.get(fd)
+        if c is None or not (c.obj is sock or isinstance(sock, int)):
+            raise KeyError(sock)
+        if c.obj is not sock and not self._owns(c.obj, fd):  # sock's own fileno() said fd
+            raise KeyError(sock)
+        return c
+
+    def _held(self, c: _Conn, sock: Any) -> _Conn:
+        """``c`` when it is still tracked (under the lock), else KeyError."""
+        self._check_open()
+        if self._conns.get(c.fd) is not c:
             raise KeyError(sock)
         return c
 
     def remove(self, sock: Any) -> None:
         """Stop tracking ``sock``; never closes it. KeyError when it is not tracked."""
+        c = self._find(sock)
         with self._lock:
-            self._check_open()
-            self._forget(self._lookup(sock))
+            self._forget(self._held(c, sock))
 
     def discard(self, sock: Any) -> None:
         """Stop tracking ``sock`` if it is tracked; never an error for an unknown or
         closed socket, or a closed manager (TypeError only for what is not a socket)."""
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                c = self._lookup(sock)
-            except (KeyError, ValueError):
-                return
-            self._forget(c)
+        try:
+            c = self._find(sock)
+            with self._lock:
+                self._forget(self._held(c, sock))
+        except (KeyError, ValueError):
+            return
 
     def touch(self, sock: Any) -> None:
         """Restart the idle clock of ``sock`` and count one request. KeyError if unknown.
@@ -441,9 +466,9 @@ class KeepaliveManager:
         Reaching ``max_requests`` queues MAX_REQUESTS for the next poll() (and makes
         ``fileno()`` readable).
         """
+        c = self._find(sock)
         with self._lock:
-            self._check_open()
-            c = self._lookup(sock)
+            self._held(c, sock)
             c.last = self._now()
             self._idle.move_to_end(c.fd)
             c.requests += 1
@@ -468,14 +493,13 @@ class KeepaliveManager:
         return len(self._conns)
 
     def __contains__(self, sock: Any) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            try:
-                self._lookup(sock)
-            except (KeyError, TypeError, ValueError):
-                return False
-            return True
+        try:
+            c = self._find(sock)
+            with self._lock:
+                self._held(c, sock)
+        except (KeyError, TypeError, ValueError):
+            return False
+        return True
 
     def poll(self, timeout: Optional[float] = None) -> List[Tuple[Any, Event]]:
         """Wait up to ``timeout`` seconds (None: until there is something) and return
@@ -511,73 +535,91 @@ class KeepaliveManager:
             # The lock is free while we sleep; a deadline that moves sooner meanwhile
             # rings the wake-up socket through the alarm.
             ready = self._poller.wait(wait)
-            with self._lock:
-                events = self._collect(ready)
+            events = self._collect(ready)
             if events or (end is not None and time.monotonic() >= end):
                 return events
 
     def _collect(self, ready: List[Tuple[int, int]]) -> List[Tuple[Any, Event]]:
+        """The events of one tick. User code (an object's fileno() and close()) runs
+        without the lock, one connection at a time, and every slot is re-checked after
+        it: another thread, or that very close(), may have changed the manager."""
         events: List[Tuple[Any, Event]] = []
+        while True:  # MAX_REQUESTS, in the order the limit was reached
+            with self._lock:
+                if not self._limit:
+                    break
+                c = self._conns[next(iter(self._limit))]
+                self._forget(c)
+            self._settle(c, Event.MAX_REQUESTS, events)
         stale = False
+        with self._lock:
+            wake_fd = self._wake_r.fileno()
+            draining = [(fd, _RDHUP | _HUP) for fd in self._draining]  # re-checked: SO_ERROR, then a peek
+        for fd, bits in ready + draining:
+            with self._lock:
+                if fd == wake_fd:
+                    self._drain_wake()
+                    continue
+                c = self._conns.get(fd)
+                if c is None:
+                    stale = stale or self._poller.tracks_files  # readiness no slot owns
+                    continue
+            owns = self._owns(c.obj, fd)
+            with self._lock:
+                if self._conns.get(fd) is not c:  # removed meanwhile
+                    continue
+                if not owns:
+                    self._forget(c)
+                    continue
+                if fd in self._suspect and self._phantom(c):
+                    stale = True
+                    continue
+                ev = self._classify(c, bits)
+                if ev is Event.READABLE:
+                    c.last = self._now()
+                    self._idle.move_to_end(fd)
+                    events.append((c.obj, ev))
+                    continue
+                if ev is None:
+                    continue
+                self._forget(c)
+            events.append((c.obj, ev))
+            if self._close:
+                common.close_dropped(c.obj, c.fd, ev)
+        with self._lock:
+            # Rebuilt here only, in the polling thread (never under a wait on the old set);
+            # also once the suspects outnumber the connections: amortised O(1) per suspect.
+            if stale or len(self._suspect) > len(self._conns):
+                self._rebuild()
+            now = self._now()
+        while True:
+            with self._lock:
+                due = self._next_expired(now)
+                if due is None:
+                    self._arm(now)
+                    break
+                c, ev = due
+                self._forget(c)
+            self._settle(c, ev, events)
+        return events
 
-        def drop(c: _Conn, ev: Event) -> None:
-            self._forget(c)
+    def _settle(self, c: _Conn, ev: Event, events: List[Tuple[Any, Event]]) -> None:
+        """Report (and close) a connection already forgotten, unless its object no longer
+        owns its fd (stale: dropped silently). Runs user code: never under the lock."""
+        if self._owns(c.obj, c.fd):
             events.append((c.obj, ev))
             if self._close:
                 common.close_dropped(c.obj, c.fd, ev)
 
-        for fd in list(self._limit):
-            c = self._conns.get(fd)
-            if c is None or fd not in self._limit:  # removed meanwhile by an object's close()
-                continue
-            if self._fresh(c):
-                drop(c, Event.MAX_REQUESTS)
-            else:
-                self._forget(c)
-        wake_fd = self._wake_r.fileno()
-        draining = [(fd, _RDHUP | _HUP) for fd in self._draining]  # re-checked: SO_ERROR, then a peek
-        for fd, bits in ready + draining:
-            if fd == wake_fd:
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except (BlockingIOError, InterruptedError):
-                    pass
-                self._armed = None
-                continue
-            c = self._conns.get(fd)
-            if c is None:
-                stale = stale or self._poller.tracks_files  # readiness no slot owns
-                continue
-            if not self._fresh(c):
-                self._forget(c)
-                continue
-            if fd in self._suspect and self._phantom(c):
-                stale = True
-                continue
-            ev = self._classify(c, bits)
-            if ev is Event.READABLE:
-                c.last = self._now()
-                self._idle.move_to_end(fd)
-                events.append((c.obj, ev))
-            elif ev is not None:
-                drop(c, ev)
-        # Rebuilt here only, in the polling thread (never under a wait on the old set);
-        # also once the suspects outnumber the connections: amortised O(1) per suspect.
-        if stale or len(self._suspect) > len(self._conns):
-            self._rebuild()
-        now = self._now()
-        while True:
-            due = self._next_expired(now)
-            if due is None:
-                break
-            c, ev = due
-            if self._fresh(c):
-                drop(c, ev)
-            else:
-                self._forget(c)
-        self._arm(now)
-        return events
+    def _drain_wake(self) -> None:
+        """Empty the wake-up socket; the alarm is to be set again."""
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        self._armed = None
+
     def _next_expired(self, now: int) -> Optional[Tuple[_Conn, Event]]:
         """The next connection whose time is up at ``now``, merging the two lists.
 
