@@ -164,19 +164,22 @@ class _Poller:
 
 class _Alarm:
     """Calls ``ring()`` on its owner once a monotonic time has come: one daemon thread,
-    started on first use, asleep in between. Holds its owner weakly."""
+    started on first use, asleep in between. Holds its owner weakly, and its thread ends
+    as soon as the owner is gone (dropped without close()). In a child forked while it
+    ran, the thread (which fork does not copy) is started again for the pending time."""
 
     def __init__(self, owner: "KeepaliveManager") -> None:
-        self._owner = weakref.ref(owner)
+        self._owner = weakref.ref(owner, self._owner_gone)
         self._cond = threading.Condition()
         self._at: Optional[float] = None  # time.monotonic() seconds
         self._stop = False
         self._thread: Optional[threading.Thread] = None
+        _ALARMS.add(self)
 
     def set(self, at: float) -> None:
         with self._cond:
             self._at = at
-            if self._thread is None:
+            if self._thread is None and not self._stop:
                 self._thread = threading.Thread(target=self._run, name="fastka-manager-alarm", daemon=True)
                 self._thread.start()
             self._cond.notify()
@@ -195,12 +198,42 @@ class _Alarm:
                 owner._ring()
                 del owner
 
+    def _owner_gone(self, _ref: object) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+
+    def _after_fork(self) -> None:
+        """In the child: new lock, and the thread again if an alarm is pending."""
+        self._cond = threading.Condition()
+        self._thread = None
+        if self._at is not None and not self._stop:
+            self.set(self._at)
+
     def close(self) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        _ALARMS.discard(self)
+
+
+_ALARMS: "weakref.WeakSet[_Alarm]" = weakref.WeakSet()  # of managers not yet closed
+
+
+def _after_fork_in_child() -> None:
+    """fork() copies only the calling thread: the alarms start theirs again, and the
+    managers' locks, which another thread may have held at the fork, are new."""
+    for alarm in list(_ALARMS):
+        owner = alarm._owner()
+        if owner is not None:
+            owner._lock = threading.RLock()
+        alarm._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Conn:

@@ -367,3 +367,57 @@ def test_user_code_in_poll_never_deadlocks_with_add(backend, listener, locked_me
         m.close()
     finally:
         _close_all([(c1, s1), (c2, s2)])
+
+
+def _alarm_threads():
+    return sum(1 for t in threading.enumerate() if t.name.startswith("fastka-"))
+
+
+def test_no_thread_outlives_a_dropped_manager(backend, listener):
+    """Managers dropped without close() leave no thread behind (the fallback's alarm)."""
+    import gc
+
+    before = _alarm_threads()
+    pairs = _pairs(listener, 20)
+    try:
+        for i in range(200):
+            m = backend.KeepaliveManager(60.0, close=False)
+            m.add(pairs[i % 20][1])  # a deadline: the fallback starts its alarm
+            del m
+        gc.collect()
+        deadline = time.monotonic() + 5.0
+        while _alarm_threads() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _alarm_threads() == before
+    finally:
+        _close_all(pairs)
+
+
+def test_deadline_wakes_fileno_in_a_forked_child(backend, listener):
+    """A manager made before fork() keeps working in the child: its fileno() becomes
+    readable when a deadline passes (the fallback's alarm thread did not survive fork)."""
+    import os
+    import select
+
+    m = backend.KeepaliveManager(0.05)
+    (c1, s1), (c2, s2) = _pairs(listener, 2)
+    try:
+        m.add(s1)
+        assert m.poll(2.0) == [(s1, Event.IDLE)]  # the alarm has run once
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 when the deadline rang fileno()
+            code = 1
+            try:
+                m.add(s2)
+                end = time.monotonic() + 3.0  # an event source: wait on fileno(), then poll(0)
+                while time.monotonic() < end:
+                    if select.select([m.fileno()], [], [], end - time.monotonic())[0] and m.poll(0):
+                        code = 0 if s2.fileno() == -1 else 2  # closed as IDLE
+                        break
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        m.close()
+        _close_all([(c1, s1), (c2, s2)])
