@@ -1,7 +1,8 @@
 """What both KeepaliveManager backends share: argument checks, unit conversion and the
 closing of dropped objects. Each unit conversion is written once, here:
 
-* ``timeout_ms``: idle_timeout / max_lifetime seconds -> a span of the managers' clock;
+* ``timeout_ms``: idle_timeout / max_lifetime seconds -> a span of the managers' clock
+  (``span_ms`` once checked);
 * ``poll_timeout_ms``: poll()'s timeout seconds -> whole milliseconds, rounded up.
 
 The keepalive config's own units (user_timeout) belong to ``fastka._config``; the
@@ -16,6 +17,7 @@ import socket
 import sys
 from typing import Any, Optional, cast
 
+from . import _jitter
 from ._config import KeepaliveConfig
 from ._types import Event
 
@@ -39,7 +41,12 @@ def timeout_ms(name: str, value: object) -> Optional[int]:
     seconds = cast(float, value)  # a numbers.Real: compared as it is, no float() of a huge int
     if not (seconds > 0 and seconds <= MAX_TIMEOUT):  # also rejects NaN
         raise ValueError(f"{name}={value!r} must be seconds > 0 and <= {MAX_TIMEOUT:.0e} (about 31 years), or None for never")
-    return math.ceil(float(seconds) * 1000) + 1
+    return span_ms(float(seconds))
+
+
+def span_ms(seconds: float) -> int:
+    """Checked seconds as a span of the managers' clock (see timeout_ms)."""
+    return math.ceil(seconds * 1000) + 1
 
 
 def poll_timeout_ms(timeout: object) -> Optional[int]:
@@ -67,6 +74,36 @@ def requests(value: object) -> Optional[int]:
     if not 1 <= count <= MAX_REQUESTS:
         raise ValueError(f"max_requests={value!r} must be an int in 1..{MAX_REQUESTS}, or None for unlimited")
     return int(count)
+
+
+class Limits:
+    """A manager's per-connection limits: ``max_lifetime`` (seconds) and ``max_requests``,
+    spread by ``jitter`` (fastka._jitter) with one draw each per connection, made by
+    ``draw()`` when add() registers it. Both backends draw here, so a seeded ``random``
+    gives both the same limits. Checks the three values (TypeError/ValueError naming the
+    argument, the value and the range)."""
+
+    __slots__ = ("lifetime", "requests", "jitter", "random")
+
+    def __init__(self, max_lifetime: object, max_requests: object, jitter: object, random: object) -> None:
+        timeout_ms("max_lifetime", max_lifetime)
+        self.lifetime: Optional[float] = None if max_lifetime is None else float(cast(float, max_lifetime))
+        self.requests = requests(max_requests)
+        self.jitter = _jitter.check(jitter)
+        if random is not None and not callable(random):
+            raise TypeError(f"_random must be a callable returning a float in [0, 1), not {type(random).__name__}: {random!r}")
+        self.random: _jitter.Source = _jitter.default_source if random is None else cast(_jitter.Source, random)
+
+    def draw(self) -> "tuple[Optional[int], Optional[int]]":
+        """One connection's (lifetime in ms of the managers' clock, max_requests), None for
+        no limit; a spread limit is clamped to the largest allowed (MAX_TIMEOUT,
+        MAX_REQUESTS). Draws the lifetime first, then the request count."""
+        life = _jitter.seconds(self.lifetime, self.jitter, self.random)
+        count = _jitter.count(self.requests, self.jitter, self.random)
+        return (
+            None if life is None else span_ms(min(life, MAX_TIMEOUT)),
+            None if count is None else min(count, MAX_REQUESTS),
+        )
 
 
 def keepalive_config(value: object) -> Optional[KeepaliveConfig]:

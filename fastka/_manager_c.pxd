@@ -46,11 +46,11 @@ cdef extern from "manager.h" nogil:
         uint32_t count
         uint32_t ndraining
 
-    int fk_mgr_init(fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t max_requests, int watch)
+    int fk_mgr_init(fk_manager *m, int64_t idle_ms, int watch)
     void fk_mgr_destroy(fk_manager *m)
     int64_t fk_mgr_now()
     int fk_mgr_has(const fk_manager *m, int fd)
-    int fk_mgr_add(fk_manager *m, int fd, int64_t now)
+    int fk_mgr_add(fk_manager *m, int fd, int64_t now, int64_t life_ms, uint32_t max_requests)
     int fk_mgr_remove(fk_manager *m, int fd)
     int fk_mgr_forget(fk_manager *m, int fd)
     int fk_mgr_touch(fk_manager *m, int fd, int64_t now)

@@ -69,7 +69,7 @@ cdef class KeepaliveManager:
     cdef fk_manager m
     cdef bint _open, _polling, _close
     cdef list _objs
-    cdef object _clock, _keepalive
+    cdef object _clock, _keepalive, _limits
     cdef fk_sockopt _ka[5]  # the keepalive config's plan: SO_KEEPALIVE and at most four TCP options
     cdef size_t _ka_n
     cdef list _ka_names
@@ -80,12 +80,11 @@ cdef class KeepaliveManager:
         self._evs = NULL
 
     def __init__(self, idle_timeout=75.0, *, max_requests=None, max_lifetime=None,
-                 keepalive=None, close=True, watch_readable=True):
+                 keepalive=None, close=True, watch_readable=True, jitter=0.0, _random=None):
         if self._open:
             raise common.reinit_error()
         idle_ms = common.timeout_ms("idle_timeout", idle_timeout)
-        life_ms = common.timeout_ms("max_lifetime", max_lifetime)
-        maxreq = common.requests(max_requests)
+        self._limits = common.Limits(max_lifetime, max_requests, jitter, _random)
         self._keepalive = common.keepalive_config(keepalive)
         if keepalive is not None:  # the option calls of set_keepalive, from fastka/_platform.py
             steps = keepalive._plan()
@@ -102,8 +101,7 @@ cdef class KeepaliveManager:
             self._evs = <epoll_event *>malloc(FK_NEVENTS * sizeof(epoll_event))
             if self._evs == NULL:
                 raise MemoryError()
-        r = fk_mgr_init(&self.m, -1 if idle_ms is None else idle_ms, -1 if life_ms is None else life_ms,
-                        0 if maxreq is None else maxreq, 1 if watch_readable else 0)
+        r = fk_mgr_init(&self.m, -1 if idle_ms is None else idle_ms, 1 if watch_readable else 0)
         if r < 0:
             raise OSError(-r, f"cannot create the manager's epoll set: {os.strerror(-r)}")
         self._open = True
@@ -178,7 +176,8 @@ cdef class KeepaliveManager:
         for an object the manager cannot close; OSError when the fd cannot be watched."""
         cdef int fd = fd_of(sock)
         cdef int r
-        cdef int64_t now
+        cdef int64_t now, life_ms
+        cdef uint32_t maxreq
         cdef struct_stat st
         cdef size_t failed = 0
         cdef int kind
@@ -212,7 +211,13 @@ cdef class KeepaliveManager:
                 raise keepalive_error(-r, fd, self._ka_names[failed])
         if fd >= len(self._objs):  # a new list of the exact size: no over-allocation
             self._objs = self._objs + [None] * ((fd // FK_SLOT_STEP + 1) * FK_SLOT_STEP - len(self._objs))
-        r = fk_mgr_add(&self.m, fd, now)
+        life, limit = self._limits.draw()  # Python code: the manager is re-checked below
+        life_ms = -1 if life is None else life
+        maxreq = 0 if limit is None else limit
+        self._check_open()
+        if fk_mgr_has(&self.m, fd):
+            raise ValueError(f"fd {fd} is already in this manager")
+        r = fk_mgr_add(&self.m, fd, now, life_ms, maxreq)
         if r == -errno.ENOMEM:
             raise MemoryError()
         if r < 0:

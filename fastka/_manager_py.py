@@ -1,11 +1,14 @@
 """The pure-Python KeepaliveManager: the readable specification of the compiled one.
 
 One readiness poller (``select.epoll`` on Linux, ``selectors.DefaultSelector`` elsewhere)
-watches every connection; two OrderedDicts keep the timers:
+watches every connection; an OrderedDict and a heap keep the timers:
 
 * ``_idle``: fds by last activity (``move_to_end`` on touch / READABLE), so the head is
   always the next idle expiry;
-* ``_life``: fds by insertion, so the head is always the next ``max_lifetime`` expiry.
+* ``_life``: a heap of (deadline, add order, fd), so the head is always the next
+  ``max_lifetime`` expiry (each connection has its own lifetime when ``jitter`` spreads
+  it); entries of connections removed meanwhile are skipped, and the heap is compacted
+  once they outnumber the connections.
 
 Time is integer milliseconds of a monotonic clock (``_set_clock`` swaps the clock, for
 tests). A deadline has passed when ``now_ms >= deadline_ms``. Timeouts round UP to whole
@@ -47,6 +50,7 @@ it is reported. Users who dup() a tracked socket should remove() it before closi
 from __future__ import annotations
 
 import errno
+import heapq
 import io
 import math
 import os
@@ -58,7 +62,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 from . import _manager as common
 from ._config import KeepaliveConfig
@@ -239,15 +243,16 @@ if hasattr(os, "register_at_fork"):
 class _Conn:
     """One registered connection: the user's object and its counters (times in ms)."""
 
-    __slots__ = ("obj", "fd", "seq", "last", "born", "requests")
+    __slots__ = ("obj", "fd", "seq", "last", "dies", "requests", "limit")
 
-    def __init__(self, obj: Any, fd: int, seq: int, now: int) -> None:
+    def __init__(self, obj: Any, fd: int, seq: int, now: int, life_ms: Optional[int], limit: Optional[int]) -> None:
         self.obj = obj
         self.fd = fd
         self.seq = seq
         self.last = now
-        self.born = now
+        self.dies = None if life_ms is None else now + life_ms  # the max_lifetime deadline
         self.requests = 0
+        self.limit = limit  # this connection's max_requests
 
 
 class KeepaliveManager:
@@ -255,8 +260,11 @@ class KeepaliveManager:
     peer close / reset / timeout detection, on one poller.
 
     ``idle_timeout`` and ``max_lifetime`` are seconds (0 < t <= 1e9, or None for never);
-    ``max_requests`` counts ``touch`` calls (1..536870911, or None for unlimited); values
-    outside these ranges are ValueError. Every method may be called from any thread (one
+    ``max_requests`` counts ``touch`` calls (1..536870911, or None for unlimited);
+    ``jitter`` (a fraction 0..0.5) spreads each connection's ``max_lifetime`` and
+    ``max_requests`` uniformly within +-jitter, drawn once when it is added (at least one
+    request, at most the largest limits), never ``idle_timeout``; values outside these
+    ranges are ValueError. Every method may be called from any thread (one
     poll() at a time). See the module docstring for event order and fd-reuse handling.
     """
 
@@ -269,19 +277,21 @@ class KeepaliveManager:
         keepalive: Optional[KeepaliveConfig] = None,
         close: bool = True,
         watch_readable: bool = True,
+        jitter: float = 0.0,
+        _random: Optional[Callable[[], float]] = None,
     ) -> None:
         if getattr(self, "_closed", True) is False:
             raise common.reinit_error()
         self._idle_ms = common.timeout_ms("idle_timeout", idle_timeout)
-        self._life_ms = common.timeout_ms("max_lifetime", max_lifetime)
-        self._max_requests = common.requests(max_requests)
+        self._limits = common.Limits(max_lifetime, max_requests, jitter, _random)
         self._keepalive = common.keepalive_config(keepalive)
         self._close = bool(close)
         self._watch = bool(watch_readable)
         self._clock: Callable[[], float] = time.monotonic
         self._conns: Dict[int, _Conn] = {}
         self._idle: "OrderedDict[int, None]" = OrderedDict()
-        self._life: "OrderedDict[int, None]" = OrderedDict()
+        self._life: List[Tuple[int, int, int]] = []  # heap of (dies, seq, fd)
+        self._life_stale = 0  # entries in _life of connections forgotten
         self._limit: "OrderedDict[int, None]" = OrderedDict()  # MAX_REQUESTS awaiting poll
         self._draining: "OrderedDict[int, None]" = OrderedDict()  # FIN behind unread, unwatched data
         self._suspect: Set[int] = set()  # numbers a stale registration may still carry
@@ -328,10 +338,24 @@ class KeepaliveManager:
         best = None
         if self._idle_ms is not None and self._idle:
             best = self._conns[next(iter(self._idle))].last + self._idle_ms
-        if self._life_ms is not None and self._life:
-            d = self._conns[next(iter(self._life))].born + self._life_ms
+        head = self._life_head()
+        if head is not None:
+            d = cast(int, head.dies)
             best = d if best is None else min(best, d)
         return best
+
+    def _life_head(self) -> Optional[_Conn]:
+        """The connection with the earliest max_lifetime deadline (dropping the heap's
+        entries of forgotten connections on the way), or None."""
+        life = self._life
+        while life:
+            _, seq, fd = life[0]
+            c = self._conns.get(fd)
+            if c is not None and c.seq == seq:
+                return c
+            heapq.heappop(life)
+            self._life_stale -= 1
+        return None
 
     def _ring(self) -> None:
         """Make the poller readable (a pending byte is enough)."""
@@ -357,7 +381,13 @@ class KeepaliveManager:
     def _forget(self, c: _Conn) -> None:
         del self._conns[c.fd]
         self._idle.pop(c.fd, None)
-        self._life.pop(c.fd, None)
+        if c.dies is not None:  # its heap entry is skipped from now on
+            self._life_stale += 1
+            if self._life_stale > len(self._conns) + 64:
+                live = self._conns
+                self._life = [e for e in self._life if e[2] in live and live[e[2]].seq == e[1]]
+                heapq.heapify(self._life)
+                self._life_stale = 0
         self._limit.pop(c.fd, None)
         if c.fd in self._draining:  # muted: not in the poller
             del self._draining[c.fd]
@@ -437,16 +467,18 @@ class KeepaliveManager:
             common.check_stream(fd, kind)
             if self._keepalive is not None:
                 self._apply_keepalive(sock, fd)
+            life_ms, limit = self._limits.draw()
             try:
                 self._poller.register(fd, self._watch)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot watch fd {fd}: {os.strerror(exc.errno or errno.EINVAL)}") from None
             self._seq += 1
             now = self._now()
-            c = _Conn(sock, fd, self._seq, now)
+            c = _Conn(sock, fd, self._seq, now, life_ms, limit)
             self._conns[fd] = c
             self._idle[fd] = None
-            self._life[fd] = None
+            if c.dies is not None:
+                heapq.heappush(self._life, (c.dies, c.seq, fd))
             self._arm(now)
 
     def _apply_keepalive(self, sock: Any, fd: int) -> None:
@@ -505,7 +537,7 @@ class KeepaliveManager:
             c.last = self._now()
             self._idle.move_to_end(c.fd)
             c.requests += 1
-            if self._max_requests is not None and c.requests >= self._max_requests and c.fd not in self._limit:
+            if c.limit is not None and c.requests >= c.limit and c.fd not in self._limit:
                 self._limit[c.fd] = None
                 self._ring()
 
@@ -661,16 +693,15 @@ class KeepaliveManager:
         deadline wins; a tie goes to the connection added first (then MAX_LIFETIME).
         """
         best = None
-        if self._life_ms is not None and self._life:
-            c = self._conns[next(iter(self._life))]
-            if c.born + self._life_ms <= now:
-                best = (c.born + self._life_ms, c.seq, 0, c)
+        c = self._life_head()
+        if c is not None and cast(int, c.dies) <= now:
+            best = (cast(int, c.dies), c.seq, 0, c)
         if self._idle_ms is not None:
             for fd in self._idle:
                 c = self._conns[fd]
                 if c.last + self._idle_ms > now:
                     break
-                if self._life_ms is not None and c.born + self._life_ms <= now:
+                if c.dies is not None and c.dies <= now:
                     continue
                 if best is None or (c.last + self._idle_ms, c.seq, 1) < best[:3]:
                     best = (c.last + self._idle_ms, c.seq, 1, c)
@@ -694,6 +725,7 @@ class KeepaliveManager:
             self._conns.clear()
             self._idle.clear()
             self._life.clear()
+            self._life_stale = 0
             self._limit.clear()
             self._draining.clear()
             self._suspect.clear()
