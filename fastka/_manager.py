@@ -1,5 +1,6 @@
-"""What both KeepaliveManager backends share: argument checks, unit conversion and the
-closing of dropped objects. Each unit conversion is written once, here:
+"""What both KeepaliveManager backends share: the constructor's signature and docstring
+(``settings``, ``SIGNATURE``, ``DOC``: the one place), argument checks, unit conversion
+and the closing of dropped objects. Each unit conversion is written once, here:
 
 * ``timeout_ms``: idle_timeout / max_lifetime seconds -> a span of the managers' clock
   (``span_ms`` once checked);
@@ -10,12 +11,13 @@ managers apply a config through the same plan as ``set_keepalive``.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import numbers
 import socket
 import sys
-from typing import Any, Optional, cast
+from typing import Any, Callable, NamedTuple, Optional, cast
 
 from . import _jitter
 from ._config import KeepaliveConfig
@@ -104,6 +106,69 @@ class Limits:
             None if life is None else span_ms(min(life, MAX_TIMEOUT)),
             None if count is None else min(count, MAX_REQUESTS),
         )
+
+
+class Settings(NamedTuple):
+    """A manager's checked constructor arguments."""
+
+    idle_ms: Optional[int]  # a span of the managers' clock; None: never
+    limits: Limits
+    keepalive: Optional[KeepaliveConfig]
+    close: bool
+    watch_readable: bool
+
+
+def settings(
+    idle_timeout: Optional[float] = 75.0,
+    *,
+    max_requests: Optional[int] = None,
+    max_lifetime: Optional[float] = None,
+    keepalive: Optional[KeepaliveConfig] = None,
+    close: bool = True,
+    watch_readable: bool = True,
+    jitter: float = 0.0,
+    _random: Optional[Callable[[], float]] = None,
+) -> Settings:
+    """The KeepaliveManager constructor's arguments, checked (see DOC); both backends'
+    ``__init__`` take theirs through this one signature. ``_random`` (private, for tests):
+    the jitter's source of draws in [0, 1)."""
+    return Settings(
+        timeout_ms("idle_timeout", idle_timeout),
+        Limits(max_lifetime, max_requests, jitter, _random),
+        keepalive_config(keepalive),
+        bool(close),
+        bool(watch_readable),
+    )
+
+
+def _public(sig: inspect.Signature) -> inspect.Signature:
+    params = [p for p in sig.parameters.values() if not p.name.startswith("_")]
+    return sig.replace(parameters=params, return_annotation=inspect.Signature.empty)
+
+
+SIGNATURE = _public(inspect.signature(settings))
+"""``KeepaliveManager.__signature__`` on both backends (what inspect.signature and help show)."""
+
+DOC = """Track many keep-alive connections on one poller (epoll on Linux): idle timeouts,
+request and lifetime limits, and peer close / reset / keepalive-timeout detection.
+
+``idle_timeout``: seconds without activity before a connection is dropped (IDLE);
+``max_requests``: ``touch()`` calls allowed per connection (MAX_REQUESTS);
+``max_lifetime``: seconds a connection may live at all (MAX_LIFETIME). Seconds are
+0 < t <= 1e9, or None for never; ``max_requests`` 1..536870911, or None for unlimited.
+``jitter`` (a fraction 0..0.5) spreads each connection's ``max_lifetime`` and
+``max_requests`` uniformly within +-jitter, drawn once when it is added (at least one
+request, at most the largest limits); ``idle_timeout`` is never spread.
+``keepalive``: a KeepaliveConfig applied on add() (skipped where the socket carries it
+already). ``close``: close what is dropped (a FIN first for IDLE and the limits; at once
+for a dead peer). ``watch_readable=False``: monitor only (peer close, reset, timeouts),
+for sockets whose reads belong to someone else, such as an asyncio transport.
+Bad values: ValueError / TypeError naming the argument, the value and the range.
+
+poll(timeout) returns [(obj, Event)] for the objects that were added; READABLE leaves the
+connection registered, every other event removes it. fileno() is readable whenever poll()
+has work, for nesting in selectors or an event loop; next_deadline() gives the seconds to
+the next expiry. Every method may be called from any thread (one poll() at a time)."""
 
 
 def keepalive_config(value: object) -> Optional[KeepaliveConfig]:

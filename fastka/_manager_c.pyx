@@ -58,13 +58,12 @@ cdef int MAX_WAIT_MS = common.MAX_WAIT_MS
 
 
 cdef class KeepaliveManager:
-    """Track many keep-alive connections on one epoll set; see fastka/_manager_py.py.
-
-    Thread contract: every method may be called from any thread (one poll() at a time;
-    close() refuses while another thread polls). Calls into Python (a ``fileno()``, a
-    test clock) may let another thread run, so the manager is re-checked as open after
-    the last of them and before C state changes.
-    """
+    # Thread contract: every method may be called from any thread (one poll() at a time;
+    # close() refuses while another thread polls). Calls into Python (a ``fileno()``, a
+    # test clock) may let another thread run, so the manager is re-checked as open after
+    # the last of them and before C state changes.
+    __doc__ = common.DOC  # the docstring and signature: fastka._manager, one text for both backends
+    __signature__ = common.SIGNATURE
 
     cdef fk_manager m
     cdef bint _open, _polling, _close
@@ -79,13 +78,13 @@ cdef class KeepaliveManager:
         self._open = False
         self._evs = NULL
 
-    def __init__(self, idle_timeout=75.0, *, max_requests=None, max_lifetime=None,
-                 keepalive=None, close=True, watch_readable=True, jitter=0.0, _random=None):
+    def __init__(self, *args, **kwargs):
+        """Arguments as ``fastka._manager.settings`` takes them (see the class)."""
         if self._open:
             raise common.reinit_error()
-        idle_ms = common.timeout_ms("idle_timeout", idle_timeout)
-        self._limits = common.Limits(max_lifetime, max_requests, jitter, _random)
-        self._keepalive = common.keepalive_config(keepalive)
+        s = common.settings(*args, **kwargs)
+        self._limits = s.limits
+        self._keepalive = keepalive = s.keepalive
         if keepalive is not None:  # the option calls of set_keepalive, from fastka/_platform.py
             steps = keepalive._plan()
             if len(steps) > 5:
@@ -94,14 +93,14 @@ cdef class KeepaliveManager:
             self._ka_n = len(steps)
             for i, (_, level, number, value) in enumerate(steps):
                 self._ka[i].level, self._ka[i].name, self._ka[i].value = level, number, value
-        self._close = bool(close)
+        self._close = s.close
         self._clock = None
         self._objs = []
         if self._evs == NULL:
             self._evs = <epoll_event *>malloc(FK_NEVENTS * sizeof(epoll_event))
             if self._evs == NULL:
                 raise MemoryError()
-        r = fk_mgr_init(&self.m, -1 if idle_ms is None else idle_ms, 1 if watch_readable else 0)
+        r = fk_mgr_init(&self.m, -1 if s.idle_ms is None else s.idle_ms, 1 if s.watch_readable else 0)
         if r < 0:
             raise OSError(-r, f"cannot create the manager's epoll set: {os.strerror(-r)}")
         self._open = True

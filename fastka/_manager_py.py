@@ -256,37 +256,21 @@ class _Conn:
 
 
 class KeepaliveManager:
-    """Track many keep-alive connections: idle timeouts, request and lifetime limits, and
-    peer close / reset / timeout detection, on one poller.
+    # The docstring and signature: fastka._manager (one text for both backends). See the
+    # module docstring for event order, threads and fd-reuse handling.
+    __doc__ = common.DOC
+    __signature__ = common.SIGNATURE
 
-    ``idle_timeout`` and ``max_lifetime`` are seconds (0 < t <= 1e9, or None for never);
-    ``max_requests`` counts ``touch`` calls (1..536870911, or None for unlimited);
-    ``jitter`` (a fraction 0..0.5) spreads each connection's ``max_lifetime`` and
-    ``max_requests`` uniformly within +-jitter, drawn once when it is added (at least one
-    request, at most the largest limits), never ``idle_timeout``; values outside these
-    ranges are ValueError. Every method may be called from any thread (one
-    poll() at a time). See the module docstring for event order and fd-reuse handling.
-    """
-
-    def __init__(
-        self,
-        idle_timeout: Optional[float] = 75.0,
-        *,
-        max_requests: Optional[int] = None,
-        max_lifetime: Optional[float] = None,
-        keepalive: Optional[KeepaliveConfig] = None,
-        close: bool = True,
-        watch_readable: bool = True,
-        jitter: float = 0.0,
-        _random: Optional[Callable[[], float]] = None,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Arguments as ``fastka._manager.settings`` takes them (see the class)."""
         if getattr(self, "_closed", True) is False:
             raise common.reinit_error()
-        self._idle_ms = common.timeout_ms("idle_timeout", idle_timeout)
-        self._limits = common.Limits(max_lifetime, max_requests, jitter, _random)
-        self._keepalive = common.keepalive_config(keepalive)
-        self._close = bool(close)
-        self._watch = bool(watch_readable)
+        s = common.settings(*args, **kwargs)
+        self._idle_ms = s.idle_ms
+        self._limits = s.limits
+        self._keepalive = s.keepalive
+        self._close = s.close
+        self._watch = s.watch_readable
         self._clock: Callable[[], float] = time.monotonic
         self._conns: Dict[int, _Conn] = {}
         self._idle: "OrderedDict[int, None]" = OrderedDict()
@@ -625,10 +609,11 @@ class KeepaliveManager:
                 if fd == wake_fd:
                     self._drain_wake()
                     continue
-                c = self._conns.get(fd)
-                if c is None:
+                found = self._conns.get(fd)
+                if found is None:
                     stale = stale or self._poller.tracks_files  # readiness no slot owns
                     continue
+                c = found
             owns = self._owns(c.obj, fd)
             with self._lock:
                 if self._conns.get(fd) is not c:  # removed meanwhile

@@ -579,3 +579,40 @@ def test_jitter_clamps_to_the_largest_limits(mgr_factory, listener):
     finally:
         c.close()
         s.close()
+
+
+def test_signature_and_docstring_are_the_shared_ones(backend):
+    """inspect.signature() and help() show the real constructor and its docstring on both
+    backends, from the one place both take them (fastka._manager.settings)."""
+    import inspect
+    import pydoc
+
+    from fastka import _manager
+
+    cls = backend.KeepaliveManager
+    sig = inspect.signature(cls)
+    assert list(sig.parameters) == ["idle_timeout", "max_requests", "max_lifetime", "keepalive", "close",
+                                    "watch_readable", "jitter"]
+    assert sig.parameters["idle_timeout"].default == 75.0 and sig.parameters["jitter"].default == 0.0
+    assert sig == _manager.SIGNATURE and cls.__doc__ == _manager.DOC
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    assert "KeepaliveManager(idle_timeout" in text and "jitter" in text and "Track many keep-alive" in text
+    assert "see fastka/_manager_py.py" not in text and "*args, **kwargs)\n |  \n |  Track" not in text
+
+
+def test_public_stub_matches_the_signature():
+    """fastka/__init__.pyi declares the constructor as fastka._manager.settings has it."""
+    import ast
+    import inspect
+
+    from repo import ROOT
+
+    from fastka import _manager
+
+    with open(os.path.join(ROOT, "fastka", "__init__.pyi")) as f:
+        tree = ast.parse(f.read())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KeepaliveManager")
+    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    stub = [(a.arg, "positional") for a in init.args.args[1:]] + [(a.arg, "keyword") for a in init.args.kwonlyargs]
+    kinds = {inspect.Parameter.POSITIONAL_OR_KEYWORD: "positional", inspect.Parameter.KEYWORD_ONLY: "keyword"}
+    assert stub == [(p.name, kinds[p.kind]) for p in _manager.SIGNATURE.parameters.values()]
