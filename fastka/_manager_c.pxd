@@ -21,16 +21,12 @@ cdef extern from "<sys/socket.h>" nogil:
     int getsockopt(int fd, int level, int name, void *value, socklen_t *length)
 
 cdef extern from "events.h" nogil:
-    enum fk_event:
+    enum fk_event:  # the codes the binding itself names; the rest come through fk_event_names
         FK_EV_NONE
         FK_EV_READABLE
-        FK_EV_IDLE
-        FK_EV_PEER_CLOSED
-        FK_EV_RESET
-        FK_EV_TIMED_OUT
-        FK_EV_MAX_REQUESTS
-        FK_EV_MAX_LIFETIME
-        FK_EV_ERROR
+    enum:
+        FK_EV_LIMIT
+    const char *const fk_event_names[]
 
 cdef extern from "manager.h" nogil:
     enum:

@@ -34,16 +34,18 @@ from ._types import Event
 
 __all__ = ["KeepaliveManager"]
 
-# The event codes of src/events.h by Event member name (tests tie the two together).
-EVENT_CODES = {
-    "READABLE": FK_EV_READABLE, "IDLE": FK_EV_IDLE, "PEER_CLOSED": FK_EV_PEER_CLOSED,
-    "RESET": FK_EV_RESET, "TIMED_OUT": FK_EV_TIMED_OUT, "MAX_REQUESTS": FK_EV_MAX_REQUESTS,
-    "MAX_LIFETIME": FK_EV_MAX_LIFETIME, "ERROR": FK_EV_ERROR,
-}
+def _event_codes():
+    """src/events.h's table as {name: code}."""
+    return {fk_event_names[code].decode(): code for code in range(FK_EV_LIMIT) if fk_event_names[code] != NULL}
+
+
+EVENT_CODES = _event_codes()  # tests tie it to fastka.Event
 MAX_REQUESTS_C = FK_MAX_REQUESTS  # the C slot's limit (tests tie it to the shared one)
+
+
 def _by_code():
     """Event members indexed by their C code; None at FK_EV_NONE ("nothing to report")."""
-    table = [None] * (max(EVENT_CODES.values()) + 1)
+    table = [None] * FK_EV_LIMIT
     for name, code in EVENT_CODES.items():
         table[code] = Event[name]
     return tuple(table)
