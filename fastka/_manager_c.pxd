@@ -58,6 +58,7 @@ cdef extern from "manager.h" nogil:
     int fk_mgr_rebuild(fk_manager *m)
     int fk_mgr_classify(fk_manager *m, int fd, uint32_t events, int64_t now)
     int fk_mgr_queued(const fk_manager *m)
+    int fk_mgr_is_draining(const fk_manager *m, int fd)
     int fk_mgr_draining(const fk_manager *m, int *fds, int n)
     int fk_mgr_next_expired(const fk_manager *m, int64_t now, int *event)
 

@@ -354,7 +354,7 @@ cdef class KeepaliveManager:
                 else:
                     fd = drain[i - n]
                     bits = EPOLLRDHUP | EPOLLHUP  # re-checked: SO_ERROR, then a peek
-                    if not fk_mgr_has(&self.m, fd):
+                    if not fk_mgr_is_draining(&self.m, fd):  # gone, or the number reused meanwhile
                         continue
                 obj = self._objs[fd]
                 if not self._fresh(obj, fd):

@@ -602,18 +602,23 @@ class KeepaliveManager:
             self._settle(c, Event.MAX_REQUESTS, events)
         stale = False
         with self._lock:
+            # Each readiness with the slot it was reported for, taken before any user code
+            # runs: a number removed and reused meanwhile is not taken for the old one.
             wake_fd = self._wake_r.fileno()
-            draining = [(fd, _RDHUP | _HUP) for fd in self._draining]  # re-checked: SO_ERROR, then a peek
-        for fd, bits in ready + draining:
+            todo = [(fd, bits, self._conns.get(fd)) for fd, bits in ready]
+            # the draining: re-checked on the drain timer (SO_ERROR, then a peek)
+            todo += [(fd, _RDHUP | _HUP, self._conns[fd]) for fd in self._draining]
+        for fd, bits, found in todo:
             with self._lock:
                 if fd == wake_fd:
                     self._drain_wake()
                     continue
-                found = self._conns.get(fd)
                 if found is None:
                     stale = stale or self._poller.tracks_files  # readiness no slot owns
                     continue
                 c = found
+                if self._conns.get(fd) is not c:  # removed meanwhile
+                    continue
             owns = self._owns(c.obj, fd)
             with self._lock:
                 if self._conns.get(fd) is not c:  # removed meanwhile

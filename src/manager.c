@@ -423,6 +423,11 @@ int fk_mgr_queued(const struct fk_manager *m)
     return m->queue.head;
 }
 
+int fk_mgr_is_draining(const struct fk_manager *m, int fd)
+{
+    return fk_mgr_has(m, fd) && m->slots[fd].draining;
+}
+
 int fk_mgr_draining(const struct fk_manager *m, int *fds, int n)
 {
     int k = 0;

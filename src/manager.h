@@ -96,6 +96,8 @@ int fk_mgr_rebuild(struct fk_manager *m);
 int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now);
 /* The first queued MAX_REQUESTS fd, or -1. */
 int fk_mgr_queued(const struct fk_manager *m);
+/* Is fd tracked and waiting for its reader (out of the epoll set, re-checked on a timer)? */
+int fk_mgr_is_draining(const struct fk_manager *m, int fd);
 /* Fill fds[0..n) with the draining fds; returns how many (at most n; m->ndraining of
  * them fit in n == m->ndraining). */
 int fk_mgr_draining(const struct fk_manager *m, int *fds, int n);

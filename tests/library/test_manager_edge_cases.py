@@ -625,3 +625,54 @@ def test_longest_timeouts_never_overflow_the_wait(mgr_factory, tcp_pair, field):
     c.sendall(b"x")
     assert m.poll(1.0) == [(s, Event.READABLE)]
     m.remove(s)
+
+
+class ReplacesOther:
+    """An object whose close() removes another tracked connection, closes it, and adds a
+    new socket that gets the freed fd number: the manager's own view of that number
+    changes in the middle of a poll."""
+
+    def __init__(self, sock, mgr, other):
+        self.sock, self.mgr, self.other = sock, mgr, other
+        self.new = []
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def close(self):
+        fd = self.other.fileno()
+        self.mgr.remove(self.other)
+        self.other.close()
+        a, b = socket.socketpair()
+        self.new += [a, b]
+        if a.fileno() == fd:
+            self.mgr.add(a)
+        self.sock.close()
+
+
+def test_a_number_reused_mid_poll_is_not_taken_for_the_old_connection(mgr_factory, listener):
+    """A draining connection (FIN behind unread data) is replaced mid-poll by a new socket
+    under the same number: the new one gets none of the old one's re-check (a quiet new
+    socket is neither PEER_CLOSED nor muted)."""
+    m = mgr_factory(None, max_requests=1, watch_readable=False)
+    c1, s1 = pair(listener)
+    c2, s2 = pair(listener)
+    a = None
+    try:
+        m.add(s2)
+        c2.sendall(b"unread")
+        c2.shutdown(socket.SHUT_WR)
+        assert m.poll(0.3) == []  # s2 now waits for its reader, out of the epoll set
+        a = ReplacesOther(s1, m, s2)
+        m.add(a)
+        m.touch(a)
+        assert m.poll(0.3) == [(a, Event.MAX_REQUESTS)]
+        new = [s for s in a.new if s in m]
+        assert len(new) == 1 and len(m) == 1
+        assert m.poll(0.3) == []  # quiet: nothing to report
+        other = a.new[1]
+        other.close()  # its peer closes now: reported, so it is watched
+        assert m.poll(2.0) == [(new[0], Event.PEER_CLOSED)]
+    finally:
+        for s in (c1, s1, c2, s2) + tuple(a.new if a else ()):
+            s.close()
