@@ -114,11 +114,6 @@ class KeepaliveReaper:
         drain = float(drain_timeout)
         if not (0 <= drain and math.isfinite(drain)):
             raise ValueError(f"drain_timeout={drain_timeout!r} must be finite seconds >= 0 (a graceful close never waits longer)")
-        spread: Dict[str, Any] = {}  # passed on only when asked for
-        if _jitter.check(jitter):
-            spread["jitter"] = jitter
-        if _random is not None:
-            spread["_random"] = _random
         backend = _backends.default() if _backend is None else _backend
         self._mgr: Any = backend.KeepaliveManager(
             idle_timeout,
@@ -127,7 +122,8 @@ class KeepaliveReaper:
             keepalive=keepalive,
             close=False,
             watch_readable=False,
-            **spread,
+            jitter=jitter,
+            _random=_random,
         )
         self._on_event = on_event
         self._drain_timeout = drain

@@ -105,7 +105,7 @@ def server(
     return uvicorn.Server(config)
 
 
-def make_reaper(on_event: Optional[OnEvent] = None, *, max_lifetime: Optional[float] = 3600.0, jitter: float = 0.0) -> KeepaliveReaper:
+def make_reaper(on_event: Optional[OnEvent] = None, *, max_lifetime: Optional[float] = 3600.0, jitter: float = 0.1) -> KeepaliveReaper:
     """No idle clock (uvicorn's is already there): lifetime, keepalive and dead peers."""
     return KeepaliveReaper(None, max_lifetime=max_lifetime, jitter=jitter, keepalive=KEEPALIVE, on_event=on_event)
 
