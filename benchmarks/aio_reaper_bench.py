@@ -1,6 +1,14 @@
-"""fastka.aio.KeepaliveReaper against one loop timer per connection (uvicorn's pattern).
+"""The bookkeeping of an idle clock: fastka.aio.KeepaliveReaper against one loop timer per
+connection (the pattern uvicorn uses for its keep-alive timeout).
 
-    python benchmarks/aio_reaper_bench.py [--connections 10000] [--touches 200000]
+    python benchmarks/aio_reaper_bench.py [--connections 10000] [--touches 200000] [--rounds 3]
+
+What this measures, and what it does not: the cost of keeping the idle clock alone, in a
+loop that does nothing else. It is what a server saves by replacing a per-connection timer
+with the reaper. A server that keeps its own timer and runs the reaper beside it saves
+nothing of it and pays the touch on top: uvicorn arms its keep-alive timer after every
+response and has no switch to turn it off. For what a uvicorn user gets from the recipe,
+see benchmarks/aio_uvicorn_bench.py.
 
 Per event loop (asyncio's, and uvloop when installed) and per fastka backend, with N
 connections tracked at once:
@@ -18,7 +26,8 @@ The transports are stand-ins whose ``close()`` only counts, so the figures are t
 bookkeeping, not of the kernel's socket teardown; each holds a real established TCP
 connection that the reaper's manager watches: a loopback socket connected to itself
 (TCP's simultaneous open), one fd per connection, so 10,000 fit under a 20,000 fd limit.
-All figures come from one run; the ratios compare them side by side.
+Timings are paired: each round times the timer pattern and every reaper back to back; the
+figure is the median of the per-round ratios, with their range.
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ import os
 import random
 import resource
 import socket
+import statistics
 import sys
 import time
 import tracemalloc
@@ -56,6 +66,9 @@ class Stand:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # nothing buffered: a close() here is done at once
 
     def close(self) -> None:
         self.closed = True
@@ -218,10 +231,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--connections", type=int, default=10_000, help="connections tracked at once (default 10000)")
     ap.add_argument("--touches", type=int, default=200_000, help="touches timed per run (default 200000)")
+    ap.add_argument("--rounds", type=int, default=3, help="paired rounds (default 3)")
     args = ap.parse_args(argv)
     n = args.connections
-    if n < 1 or args.touches < 1:
-        ap.error("--connections and --touches must be >= 1")
+    if n < 1 or args.touches < 1 or args.rounds < 1:
+        ap.error("--connections, --touches and --rounds must be >= 1")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < n + 200 <= hard or (hard == resource.RLIM_INFINITY and soft < n + 200):
         resource.setrlimit(resource.RLIMIT_NOFILE, (n + 200, hard))
@@ -237,27 +251,32 @@ def main(argv: Optional[List[str]] = None) -> int:
             sock.close()
         raise
     conns = [Stand(s) for s in socks]
-    print(f"{n} connections, {args.touches} touches, Python {sys.version.split()[0]}")
+    print(f"{n} connections, {args.touches} touches, {args.rounds} paired rounds, Python {sys.version.split()[0]}")
+    print("ratios: timer pattern / reaper per round (> 1: the reaper's bookkeeping is cheaper), median (range)")
     try:
         for loop_name, new_loop in loops().items():
             loop = new_loop()
             try:
                 run = loop.run_until_complete
-                base_touch = run(touch_timers(conns, order, loop))
-                base_exp = run(expire_timers(conns, loop))
+                ratios: Dict[str, List[float]] = {}
+                for _ in range(args.rounds):  # each round times the timer pattern and every reaper back to back
+                    base_touch = run(touch_timers(conns, order, loop))
+                    base_exp = run(expire_timers(conns, loop))
+                    for b in backends:
+                        pairs = {
+                            "touch": base_touch / run(touch_reaper(conns, order, b, None)),
+                            "touch, max_requests set": base_touch / run(touch_reaper(conns, order, b, 10**6)),
+                            "idle expiry": base_exp / run(expire_reaper(conns, b)),
+                        }
+                        for what, r in pairs.items():
+                            ratios.setdefault(f"{b.name:6}  {what}", []).append(r)
                 base_mem = run(memory_timers(conns, loop))
-                print(f"\n{loop_name}: per connection               touch ns  expiry ns  traced B  RSS B")
-                print(f"  call_later + cancel (uvicorn)      {base_touch:9.0f} {base_exp:10.0f} {base_mem['traced']:9.0f} {base_mem['rss']:6.0f}")
+                print(f"\n{loop_name}: call_later + cancel per connection: traced {base_mem['traced']:.0f} B, RSS {base_mem['rss']:.0f} B")
                 for b in backends:
-                    touch = run(touch_reaper(conns, order, b, None))
-                    touch_lim = run(touch_reaper(conns, order, b, 10**6))
-                    exp = run(expire_reaper(conns, b))
                     mem = run(memory_reaper(conns, b))
-                    print(f"  reaper ({b.name:6})                   {touch:9.0f} {exp:10.0f} {mem['traced']:9.0f} {mem['rss']:6.0f}")
-                    print(f"  reaper ({b.name:6}) with max_requests {touch_lim:9.0f}")
-                    print(f"    ratios (timer pattern / reaper): touch {base_touch / touch:.2f}x "
-                          f"(with max_requests {base_touch / touch_lim:.2f}x), expiry {base_exp / exp:.2f}x, "
-                          f"traced memory {base_mem['traced'] / mem['traced']:.2f}x")
+                    print(f"  reaper ({b.name}) per connection: traced {mem['traced']:.0f} B, RSS {mem['rss']:.0f} B")
+                for what, rs in ratios.items():
+                    print(f"  {what:32} {statistics.median(rs):5.2f}x ({min(rs):.2f}-{max(rs):.2f})")
             finally:
                 loop.close()
     finally:

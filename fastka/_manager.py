@@ -1,7 +1,9 @@
-"""What both KeepaliveManager backends share: argument checks, unit conversion and the
-closing of dropped objects. Each unit conversion is written once, here:
+"""What both KeepaliveManager backends share: the constructor's signature and docstring
+(``settings``, ``SIGNATURE``, ``DOC``: the one place), argument checks, unit conversion
+and the closing of dropped objects. Each unit conversion is written once, here:
 
-* ``timeout_ms``: idle_timeout / max_lifetime seconds -> a span of the managers' clock;
+* ``timeout_ms``: idle_timeout / max_lifetime seconds -> a span of the managers' clock
+  (``span_ms`` once checked);
 * ``poll_timeout_ms``: poll()'s timeout seconds -> whole milliseconds, rounded up.
 
 The keepalive config's own units (user_timeout) belong to ``fastka._config``; the
@@ -9,13 +11,15 @@ managers apply a config through the same plan as ``set_keepalive``.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import numbers
 import socket
 import sys
-from typing import Any, Optional, cast
+from typing import Any, Callable, NamedTuple, Optional, cast
 
+from . import _jitter
 from ._config import KeepaliveConfig
 from ._types import Event
 
@@ -39,7 +43,12 @@ def timeout_ms(name: str, value: object) -> Optional[int]:
     seconds = cast(float, value)  # a numbers.Real: compared as it is, no float() of a huge int
     if not (seconds > 0 and seconds <= MAX_TIMEOUT):  # also rejects NaN
         raise ValueError(f"{name}={value!r} must be seconds > 0 and <= {MAX_TIMEOUT:.0e} (about 31 years), or None for never")
-    return math.ceil(float(seconds) * 1000) + 1
+    return span_ms(float(seconds))
+
+
+def span_ms(seconds: float) -> int:
+    """Checked seconds as a span of the managers' clock (see timeout_ms)."""
+    return math.ceil(seconds * 1000) + 1
 
 
 def poll_timeout_ms(timeout: object) -> Optional[int]:
@@ -67,6 +76,99 @@ def requests(value: object) -> Optional[int]:
     if not 1 <= count <= MAX_REQUESTS:
         raise ValueError(f"max_requests={value!r} must be an int in 1..{MAX_REQUESTS}, or None for unlimited")
     return int(count)
+
+
+class Limits:
+    """A manager's per-connection limits: ``max_lifetime`` (seconds) and ``max_requests``,
+    spread by ``jitter`` (fastka._jitter) with one draw each per connection, made by
+    ``draw()`` when add() registers it. Both backends draw here, so a seeded ``random``
+    gives both the same limits. Checks the three values (TypeError/ValueError naming the
+    argument, the value and the range)."""
+
+    __slots__ = ("lifetime", "requests", "jitter", "random")
+
+    def __init__(self, max_lifetime: object, max_requests: object, jitter: object, random: object) -> None:
+        timeout_ms("max_lifetime", max_lifetime)
+        self.lifetime: Optional[float] = None if max_lifetime is None else float(cast(float, max_lifetime))
+        self.requests = requests(max_requests)
+        self.jitter = _jitter.check(jitter)
+        if random is not None and not callable(random):
+            raise TypeError(f"_random must be a callable returning a float in [0, 1), not {type(random).__name__}: {random!r}")
+        self.random: _jitter.Source = _jitter.default_source if random is None else cast(_jitter.Source, random)
+
+    def draw(self) -> "tuple[Optional[int], Optional[int]]":
+        """One connection's (lifetime in ms of the managers' clock, max_requests), None for
+        no limit; a spread limit is clamped to the largest allowed (MAX_TIMEOUT,
+        MAX_REQUESTS). Draws the lifetime first, then the request count."""
+        life = _jitter.seconds(self.lifetime, self.jitter, self.random)
+        count = _jitter.count(self.requests, self.jitter, self.random)
+        return (
+            None if life is None else span_ms(min(life, MAX_TIMEOUT)),
+            None if count is None else min(count, MAX_REQUESTS),
+        )
+
+
+class Settings(NamedTuple):
+    """A manager's checked constructor arguments."""
+
+    idle_ms: Optional[int]  # a span of the managers' clock; None: never
+    limits: Limits
+    keepalive: Optional[KeepaliveConfig]
+    close: bool
+    watch_readable: bool
+
+
+def settings(
+    idle_timeout: Optional[float] = 75.0,
+    *,
+    max_requests: Optional[int] = None,
+    max_lifetime: Optional[float] = None,
+    keepalive: Optional[KeepaliveConfig] = None,
+    close: bool = True,
+    watch_readable: bool = True,
+    jitter: float = 0.0,
+    _random: Optional[Callable[[], float]] = None,
+) -> Settings:
+    """The KeepaliveManager constructor's arguments, checked (see DOC); both backends'
+    ``__init__`` take theirs through this one signature. ``_random`` (private, for tests):
+    the jitter's source of draws in [0, 1)."""
+    return Settings(
+        timeout_ms("idle_timeout", idle_timeout),
+        Limits(max_lifetime, max_requests, jitter, _random),
+        keepalive_config(keepalive),
+        bool(close),
+        bool(watch_readable),
+    )
+
+
+def _public(sig: inspect.Signature) -> inspect.Signature:
+    params = [p for p in sig.parameters.values() if not p.name.startswith("_")]
+    return sig.replace(parameters=params, return_annotation=inspect.Signature.empty)
+
+
+SIGNATURE = _public(inspect.signature(settings))
+"""``KeepaliveManager.__signature__`` on both backends (what inspect.signature and help show)."""
+
+DOC = """Track many keep-alive connections on one poller (epoll on Linux): idle timeouts,
+request and lifetime limits, and peer close / reset / keepalive-timeout detection.
+
+``idle_timeout``: seconds without activity before a connection is dropped (IDLE);
+``max_requests``: ``touch()`` calls allowed per connection (MAX_REQUESTS);
+``max_lifetime``: seconds a connection may live at all (MAX_LIFETIME). Seconds are
+0 < t <= 1e9, or None for never; ``max_requests`` 1..536870911, or None for unlimited.
+``jitter`` (a fraction 0..0.5) spreads each connection's ``max_lifetime`` and
+``max_requests`` uniformly within +-jitter, drawn once when it is added (at least one
+request, at most the largest limits); ``idle_timeout`` is never spread.
+``keepalive``: a KeepaliveConfig applied on add() (skipped where the socket carries it
+already). ``close``: close what is dropped (a FIN first for IDLE and the limits; at once
+for a dead peer). ``watch_readable=False``: monitor only (peer close, reset, timeouts),
+for sockets whose reads belong to someone else, such as an asyncio transport.
+Bad values: ValueError / TypeError naming the argument, the value and the range.
+
+poll(timeout) returns [(obj, Event)] for the objects that were added; READABLE leaves the
+connection registered, every other event removes it. fileno() is readable whenever poll()
+has work, for nesting in selectors or an event loop; next_deadline() gives the seconds to
+the next expiry. Every method may be called from any thread (one poll() at a time)."""
 
 
 def keepalive_config(value: object) -> Optional[KeepaliveConfig]:
@@ -101,6 +203,32 @@ def check_closable(sock: object) -> None:
             "safely: use KeepaliveManager(close=False) and close it yourself, or fastka.aio.KeepaliveReaper "
             "for asyncio transports"
         )
+
+
+def socket_type(sock: object, fd: int) -> Optional[int]:
+    """The SO_TYPE of ``sock`` (whose fd is ``fd``), or None when it is not a socket (a
+    pipe, say) or cannot be asked (closed: add() then fails on the fd itself)."""
+    if isinstance(sock, socket.socket):
+        return sock.type
+    try:
+        s = socket.socket(fileno=fd)  # reads SO_TYPE
+    except OSError:
+        return None
+    kind = s.type
+    s.detach()
+    return int(kind)
+
+
+def check_stream(fd: int, kind: Optional[int]) -> None:
+    """The manager tracks connections: a socket whose type is not SOCK_STREAM (UDP, a
+    datagram or seqpacket Unix socket) has no FIN, reset or keepalive to watch, and is a
+    TypeError. ``kind`` None (not a socket: a pipe, a tty) is allowed."""
+    if kind is not None and kind != socket.SOCK_STREAM:
+        try:
+            name = socket.SocketKind(kind).name
+        except ValueError:
+            name = str(kind)
+        raise TypeError(f"fd {fd} is a socket of type {name}: the manager tracks stream (TCP) connections only")
 
 
 def reinit_error() -> RuntimeError:

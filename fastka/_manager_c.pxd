@@ -10,18 +10,23 @@ cdef extern from "<sys/epoll.h>" nogil:
         epoll_data_t data
     enum:
         EPOLLRDHUP
+        EPOLLHUP
+
+cdef extern from "<sys/socket.h>" nogil:
+    enum:
+        SOL_SOCKET
+        SO_TYPE
+        SOCK_STREAM
+    ctypedef unsigned int socklen_t
+    int getsockopt(int fd, int level, int name, void *value, socklen_t *length)
 
 cdef extern from "events.h" nogil:
-    enum fk_event:
+    enum fk_event:  # the codes the binding itself names; the rest come through fk_event_names
         FK_EV_NONE
         FK_EV_READABLE
-        FK_EV_IDLE
-        FK_EV_PEER_CLOSED
-        FK_EV_RESET
-        FK_EV_TIMED_OUT
-        FK_EV_MAX_REQUESTS
-        FK_EV_MAX_LIFETIME
-        FK_EV_ERROR
+    enum:
+        FK_EV_LIMIT
+    const char *const fk_event_names[]
 
 cdef extern from "manager.h" nogil:
     enum:
@@ -37,11 +42,11 @@ cdef extern from "manager.h" nogil:
         uint32_t count
         uint32_t ndraining
 
-    int fk_mgr_init(fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t max_requests, int watch)
+    int fk_mgr_init(fk_manager *m, int64_t idle_ms, int watch)
     void fk_mgr_destroy(fk_manager *m)
     int64_t fk_mgr_now()
     int fk_mgr_has(const fk_manager *m, int fd)
-    int fk_mgr_add(fk_manager *m, int fd, int64_t now)
+    int fk_mgr_add(fk_manager *m, int fd, int64_t now, int64_t life_ms, uint32_t max_requests)
     int fk_mgr_remove(fk_manager *m, int fd)
     int fk_mgr_forget(fk_manager *m, int fd)
     int fk_mgr_touch(fk_manager *m, int fd, int64_t now)
@@ -53,6 +58,7 @@ cdef extern from "manager.h" nogil:
     int fk_mgr_rebuild(fk_manager *m)
     int fk_mgr_classify(fk_manager *m, int fd, uint32_t events, int64_t now)
     int fk_mgr_queued(const fk_manager *m)
+    int fk_mgr_is_draining(const fk_manager *m, int fd)
     int fk_mgr_draining(const fk_manager *m, int *fds, int n)
     int fk_mgr_next_expired(const fk_manager *m, int64_t now, int *event)
 

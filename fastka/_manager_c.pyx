@@ -34,16 +34,18 @@ from ._types import Event
 
 __all__ = ["KeepaliveManager"]
 
-# The event codes of src/events.h by Event member name (tests tie the two together).
-EVENT_CODES = {
-    "READABLE": FK_EV_READABLE, "IDLE": FK_EV_IDLE, "PEER_CLOSED": FK_EV_PEER_CLOSED,
-    "RESET": FK_EV_RESET, "TIMED_OUT": FK_EV_TIMED_OUT, "MAX_REQUESTS": FK_EV_MAX_REQUESTS,
-    "MAX_LIFETIME": FK_EV_MAX_LIFETIME, "ERROR": FK_EV_ERROR,
-}
+def _event_codes():
+    """src/events.h's table as {name: code}."""
+    return {fk_event_names[code].decode(): code for code in range(FK_EV_LIMIT) if fk_event_names[code] != NULL}
+
+
+EVENT_CODES = _event_codes()  # tests tie it to fastka.Event
 MAX_REQUESTS_C = FK_MAX_REQUESTS  # the C slot's limit (tests tie it to the shared one)
+
+
 def _by_code():
     """Event members indexed by their C code; None at FK_EV_NONE ("nothing to report")."""
-    table = [None] * (max(EVENT_CODES.values()) + 1)
+    table = [None] * FK_EV_LIMIT
     for name, code in EVENT_CODES.items():
         table[code] = Event[name]
     return tuple(table)
@@ -58,18 +60,17 @@ cdef int MAX_WAIT_MS = common.MAX_WAIT_MS
 
 
 cdef class KeepaliveManager:
-    """Track many keep-alive connections on one epoll set; see fastka/_manager_py.py.
-
-    Thread contract: every method may be called from any thread (one poll() at a time;
-    close() refuses while another thread polls). Calls into Python (a ``fileno()``, a
-    test clock) may let another thread run, so the manager is re-checked as open after
-    the last of them and before C state changes.
-    """
+    # Thread contract: every method may be called from any thread (one poll() at a time;
+    # close() refuses while another thread polls). Calls into Python (a ``fileno()``, a
+    # test clock) may let another thread run, so the manager is re-checked as open after
+    # the last of them and before C state changes.
+    __doc__ = common.DOC  # the docstring and signature: fastka._manager, one text for both backends
+    __signature__ = common.SIGNATURE
 
     cdef fk_manager m
     cdef bint _open, _polling, _close
     cdef list _objs
-    cdef object _clock, _keepalive
+    cdef object _clock, _keepalive, _limits
     cdef fk_sockopt _ka[5]  # the keepalive config's plan: SO_KEEPALIVE and at most four TCP options
     cdef size_t _ka_n
     cdef list _ka_names
@@ -79,14 +80,13 @@ cdef class KeepaliveManager:
         self._open = False
         self._evs = NULL
 
-    def __init__(self, idle_timeout=75.0, *, max_requests=None, max_lifetime=None,
-                 keepalive=None, close=True, watch_readable=True):
+    def __init__(self, *args, **kwargs):
+        """Arguments as ``fastka._manager.settings`` takes them (see the class)."""
         if self._open:
             raise common.reinit_error()
-        idle_ms = common.timeout_ms("idle_timeout", idle_timeout)
-        life_ms = common.timeout_ms("max_lifetime", max_lifetime)
-        maxreq = common.requests(max_requests)
-        self._keepalive = common.keepalive_config(keepalive)
+        s = common.settings(*args, **kwargs)
+        self._limits = s.limits
+        self._keepalive = keepalive = s.keepalive
         if keepalive is not None:  # the option calls of set_keepalive, from fastka/_platform.py
             steps = keepalive._plan()
             if len(steps) > 5:
@@ -95,15 +95,14 @@ cdef class KeepaliveManager:
             self._ka_n = len(steps)
             for i, (_, level, number, value) in enumerate(steps):
                 self._ka[i].level, self._ka[i].name, self._ka[i].value = level, number, value
-        self._close = bool(close)
+        self._close = s.close
         self._clock = None
         self._objs = []
         if self._evs == NULL:
             self._evs = <epoll_event *>malloc(FK_NEVENTS * sizeof(epoll_event))
             if self._evs == NULL:
                 raise MemoryError()
-        r = fk_mgr_init(&self.m, -1 if idle_ms is None else idle_ms, -1 if life_ms is None else life_ms,
-                        0 if maxreq is None else maxreq, 1 if watch_readable else 0)
+        r = fk_mgr_init(&self.m, -1 if s.idle_ms is None else s.idle_ms, 1 if s.watch_readable else 0)
         if r < 0:
             raise OSError(-r, f"cannot create the manager's epoll set: {os.strerror(-r)}")
         self._open = True
@@ -178,9 +177,12 @@ cdef class KeepaliveManager:
         for an object the manager cannot close; OSError when the fd cannot be watched."""
         cdef int fd = fd_of(sock)
         cdef int r
-        cdef int64_t now
+        cdef int64_t now, life_ms
+        cdef uint32_t maxreq
         cdef struct_stat st
         cdef size_t failed = 0
+        cdef int kind
+        cdef socklen_t kind_len
         self._check_open()
         if self._close:
             common.check_closable(sock)
@@ -199,6 +201,9 @@ cdef class KeepaliveManager:
         if fstat(fd, &st) < 0:  # in C: os.fstat would let other threads run
             r = c_errno
             raise OSError(r, f"cannot add fd {fd}: {os.strerror(r)}")
+        kind_len = sizeof(kind)
+        if getsockopt(fd, SOL_SOCKET, SO_TYPE, &kind, &kind_len) == 0 and kind != SOCK_STREAM:
+            common.check_stream(fd, kind)  # raises; not a socket (a pipe) is allowed
         # Skipped where the socket carries the config already (inherited from a listener);
         # an unreadable socket is applied anyway, so it fails as set_keepalive fails.
         if self._keepalive is not None and fk_sockopt_match(fd, self._ka, self._ka_n) != 1:
@@ -207,7 +212,13 @@ cdef class KeepaliveManager:
                 raise keepalive_error(-r, fd, self._ka_names[failed])
         if fd >= len(self._objs):  # a new list of the exact size: no over-allocation
             self._objs = self._objs + [None] * ((fd // FK_SLOT_STEP + 1) * FK_SLOT_STEP - len(self._objs))
-        r = fk_mgr_add(&self.m, fd, now)
+        life, limit = self._limits.draw()  # Python code: the manager is re-checked below
+        life_ms = -1 if life is None else life
+        maxreq = 0 if limit is None else limit
+        self._check_open()
+        if fk_mgr_has(&self.m, fd):
+            raise ValueError(f"fd {fd} is already in this manager")
+        r = fk_mgr_add(&self.m, fd, now, life_ms, maxreq)
         if r == -errno.ENOMEM:
             raise MemoryError()
         if r < 0:
@@ -342,8 +353,8 @@ cdef class KeepaliveManager:
                         continue
                 else:
                     fd = drain[i - n]
-                    bits = EPOLLRDHUP
-                    if not fk_mgr_has(&self.m, fd):
+                    bits = EPOLLRDHUP | EPOLLHUP  # re-checked: SO_ERROR, then a peek
+                    if not fk_mgr_is_draining(&self.m, fd):  # gone, or the number reused meanwhile
                         continue
                 obj = self._objs[fd]
                 if not self._fresh(obj, fd):

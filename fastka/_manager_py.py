@@ -1,11 +1,14 @@
 """The pure-Python KeepaliveManager: the readable specification of the compiled one.
 
 One readiness poller (``select.epoll`` on Linux, ``selectors.DefaultSelector`` elsewhere)
-watches every connection; two OrderedDicts keep the timers:
+watches every connection; an OrderedDict and a heap keep the timers:
 
 * ``_idle``: fds by last activity (``move_to_end`` on touch / READABLE), so the head is
   always the next idle expiry;
-* ``_life``: fds by insertion, so the head is always the next ``max_lifetime`` expiry.
+* ``_life``: a heap of (deadline, add order, fd), so the head is always the next
+  ``max_lifetime`` expiry (each connection has its own lifetime when ``jitter`` spreads
+  it); entries of connections removed meanwhile are skipped, and the heap is compacted
+  once they outnumber the connections.
 
 Time is integer milliseconds of a monotonic clock (``_set_clock`` swaps the clock, for
 tests). A deadline has passed when ``now_ms >= deadline_ms``. Timeouts round UP to whole
@@ -25,6 +28,11 @@ backend uses an eventfd and a timerfd instead of the socket and the thread. Wher
 selector has no fd of its own (select and poll: Windows, some Unixes) ``fileno()`` raises
 io.UnsupportedOperation and ``next_deadline()`` is the way to schedule ``poll()``.
 
+Threads: one lock guards the manager's state; the user's code (an object's ``fileno()``
+and ``close()``) never runs under it, so a ``close()`` that takes a connection pool's
+lock cannot deadlock with a thread that holds that lock and calls ``add()``. After such a
+call the slot is re-checked under the lock: another thread may have changed it.
+
 fd reuse: before acting on a slot the manager checks that the object still has the fd it
 was added with (``obj.fileno() == fd``; a closed ``socket.socket`` returns -1; a
 ``fileno()`` that raises fails the check). A slot that fails the check is stale: it is
@@ -42,6 +50,7 @@ it is reported. Users who dup() a tracked socket should remove() it before closi
 from __future__ import annotations
 
 import errno
+import heapq
 import io
 import math
 import os
@@ -53,7 +62,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 from . import _manager as common
 from ._config import KeepaliveConfig
@@ -107,11 +116,10 @@ class _Poller:
             self._sel.register(fd, selectors.EVENT_READ)
 
     def mute(self, fd: int) -> None:
-        """Keep only the implicit error/hang-up interest (epoll), or stop watching (selectors)."""
-        if self._ep is not None:
-            self._ep.modify(fd, 0)
-        else:
-            self.unregister(fd)
+        """Stop watching ``fd`` for now (its owner re-checks it on a timer). Not even the
+        implicit error/hang-up interest may stay: once both directions are shut, epoll
+        reports EPOLLHUP for as long as the socket lives."""
+        self.unregister(fd)
 
     def unregister(self, fd: int) -> bool:
         """Forget ``fd``. False when the kernel no longer knows it under that number
@@ -125,12 +133,12 @@ class _Poller:
             return False
         return True
 
-    def rebuild(self, fds: Iterable[Tuple[int, Optional[bool]]]) -> None:
-        """Replace the epoll set by one holding ``fds``: (fd, readable), None for muted."""
+    def rebuild(self, fds: Iterable[Tuple[int, bool]]) -> None:
+        """Replace the epoll set by one holding ``fds``: (fd, readable)."""
         ep = select.epoll()
         for fd, readable in fds:
             try:
-                ep.register(fd, 0 if readable is None else self._mask(readable))
+                ep.register(fd, self._mask(readable))
             except OSError:
                 pass  # closed behind our back: its slot is found stale later
         self._src.register(ep.fileno(), select.EPOLLIN)
@@ -160,19 +168,22 @@ class _Poller:
 
 class _Alarm:
     """Calls ``ring()`` on its owner once a monotonic time has come: one daemon thread,
-    started on first use, asleep in between. Holds its owner weakly."""
+    started on first use, asleep in between. Holds its owner weakly, and its thread ends
+    as soon as the owner is gone (dropped without close()). In a child forked while it
+    ran, the thread (which fork does not copy) is started again for the pending time."""
 
     def __init__(self, owner: "KeepaliveManager") -> None:
-        self._owner = weakref.ref(owner)
+        self._owner = weakref.ref(owner, self._owner_gone)
         self._cond = threading.Condition()
         self._at: Optional[float] = None  # time.monotonic() seconds
         self._stop = False
         self._thread: Optional[threading.Thread] = None
+        _ALARMS.add(self)
 
     def set(self, at: float) -> None:
         with self._cond:
             self._at = at
-            if self._thread is None:
+            if self._thread is None and not self._stop:
                 self._thread = threading.Thread(target=self._run, name="fastka-manager-alarm", daemon=True)
                 self._thread.start()
             self._cond.notify()
@@ -191,60 +202,80 @@ class _Alarm:
                 owner._ring()
                 del owner
 
+    def _owner_gone(self, _ref: object) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+
+    def _after_fork(self) -> None:
+        """In the child: new lock, and the thread again if an alarm is pending."""
+        self._cond = threading.Condition()
+        self._thread = None
+        if self._at is not None and not self._stop:
+            self.set(self._at)
+
     def close(self) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        _ALARMS.discard(self)
+
+
+_ALARMS: "weakref.WeakSet[_Alarm]" = weakref.WeakSet()  # of managers not yet closed
+
+
+def _after_fork_in_child() -> None:
+    """fork() copies only the calling thread: the alarms start theirs again, and the
+    managers' locks, which another thread may have held at the fork, are new."""
+    for alarm in list(_ALARMS):
+        owner = alarm._owner()
+        if owner is not None:
+            owner._lock = threading.RLock()
+        alarm._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Conn:
     """One registered connection: the user's object and its counters (times in ms)."""
 
-    __slots__ = ("obj", "fd", "seq", "last", "born", "requests")
+    __slots__ = ("obj", "fd", "seq", "last", "dies", "requests", "limit")
 
-    def __init__(self, obj: Any, fd: int, seq: int, now: int) -> None:
+    def __init__(self, obj: Any, fd: int, seq: int, now: int, life_ms: Optional[int], limit: Optional[int]) -> None:
         self.obj = obj
         self.fd = fd
         self.seq = seq
         self.last = now
-        self.born = now
+        self.dies = None if life_ms is None else now + life_ms  # the max_lifetime deadline
         self.requests = 0
+        self.limit = limit  # this connection's max_requests
 
 
 class KeepaliveManager:
-    """Track many keep-alive connections: idle timeouts, request and lifetime limits, and
-    peer close / reset / timeout detection, on one poller.
+    # The docstring and signature: fastka._manager (one text for both backends). See the
+    # module docstring for event order, threads and fd-reuse handling.
+    __doc__ = common.DOC
+    __signature__ = common.SIGNATURE
 
-    ``idle_timeout`` and ``max_lifetime`` are seconds (0 < t <= 1e9, or None for never);
-    ``max_requests`` counts ``touch`` calls (1..536870911, or None for unlimited); values
-    outside these ranges are ValueError. Every method may be called from any thread (one
-    poll() at a time). See the module docstring for event order and fd-reuse handling.
-    """
-
-    def __init__(
-        self,
-        idle_timeout: Optional[float] = 75.0,
-        *,
-        max_requests: Optional[int] = None,
-        max_lifetime: Optional[float] = None,
-        keepalive: Optional[KeepaliveConfig] = None,
-        close: bool = True,
-        watch_readable: bool = True,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Arguments as ``fastka._manager.settings`` takes them (see the class)."""
         if getattr(self, "_closed", True) is False:
             raise common.reinit_error()
-        self._idle_ms = common.timeout_ms("idle_timeout", idle_timeout)
-        self._life_ms = common.timeout_ms("max_lifetime", max_lifetime)
-        self._max_requests = common.requests(max_requests)
-        self._keepalive = common.keepalive_config(keepalive)
-        self._close = bool(close)
-        self._watch = bool(watch_readable)
+        s = common.settings(*args, **kwargs)
+        self._idle_ms = s.idle_ms
+        self._limits = s.limits
+        self._keepalive = s.keepalive
+        self._close = s.close
+        self._watch = s.watch_readable
         self._clock: Callable[[], float] = time.monotonic
         self._conns: Dict[int, _Conn] = {}
         self._idle: "OrderedDict[int, None]" = OrderedDict()
-        self._life: "OrderedDict[int, None]" = OrderedDict()
+        self._life: List[Tuple[int, int, int]] = []  # heap of (dies, seq, fd)
+        self._life_stale = 0  # entries in _life of connections forgotten
         self._limit: "OrderedDict[int, None]" = OrderedDict()  # MAX_REQUESTS awaiting poll
         self._draining: "OrderedDict[int, None]" = OrderedDict()  # FIN behind unread, unwatched data
         self._suspect: Set[int] = set()  # numbers a stale registration may still carry
@@ -273,12 +304,14 @@ class KeepaliveManager:
         if self._closed:
             raise ValueError("I/O operation on closed manager")
 
-    def _fresh(self, c: _Conn) -> bool:
-        """Does the object still own the fd it was added with? (fd-reuse safety)"""
-        if isinstance(c.obj, int):
+    @staticmethod
+    def _owns(obj: Any, fd: int) -> bool:
+        """Does ``obj`` still own the fd it was added with? (fd-reuse safety). Asks the
+        user's ``fileno()``: never called under the manager's lock."""
+        if isinstance(obj, int):
             return True
         try:
-            return c.obj.fileno() == c.fd
+            return bool(obj.fileno() == fd)
         except Exception:
             return False
 
@@ -289,10 +322,24 @@ class KeepaliveManager:
         best = None
         if self._idle_ms is not None and self._idle:
             best = self._conns[next(iter(self._idle))].last + self._idle_ms
-        if self._life_ms is not None and self._life:
-            d = self._conns[next(iter(self._life))].born + self._life_ms
+        head = self._life_head()
+        if head is not None:
+            d = cast(int, head.dies)
             best = d if best is None else min(best, d)
         return best
+
+    def _life_head(self) -> Optional[_Conn]:
+        """The connection with the earliest max_lifetime deadline (dropping the heap's
+        entries of forgotten connections on the way), or None."""
+        life = self._life
+        while life:
+            _, seq, fd = life[0]
+            c = self._conns.get(fd)
+            if c is not None and c.seq == seq:
+                return c
+            heapq.heappop(life)
+            self._life_stale -= 1
+        return None
 
     def _ring(self) -> None:
         """Make the poller readable (a pending byte is enough)."""
@@ -318,16 +365,23 @@ class KeepaliveManager:
     def _forget(self, c: _Conn) -> None:
         del self._conns[c.fd]
         self._idle.pop(c.fd, None)
-        self._life.pop(c.fd, None)
+        if c.dies is not None:  # its heap entry is skipped from now on
+            self._life_stale += 1
+            if self._life_stale > len(self._conns) + 64:
+                live = self._conns
+                self._life = [e for e in self._life if e[2] in live and live[e[2]].seq == e[1]]
+                heapq.heapify(self._life)
+                self._life_stale = 0
         self._limit.pop(c.fd, None)
-        self._draining.pop(c.fd, None)
-        if not self._poller.unregister(c.fd) and self._poller.tracks_files:
+        if c.fd in self._draining:  # muted: not in the poller
+            del self._draining[c.fd]
+        elif not self._poller.unregister(c.fd) and self._poller.tracks_files:
             self._suspect.add(c.fd)
 
     def _rebuild(self) -> None:
         """A fresh epoll set from the live slots: drops registrations no slot owns."""
         fds = [(self._wake_r.fileno(), True)]
-        fds += [(fd, None if fd in self._draining else self._watch) for fd in self._conns]
+        fds += [(fd, self._watch) for fd in self._conns if fd not in self._draining]
         self._poller.rebuild(fds)
         self._suspect.clear()
 
@@ -349,7 +403,8 @@ class KeepaliveManager:
         if p == PEEK_DATA:
             if self._watch:
                 return Event.READABLE
-            # FIN behind data someone else will read: wait for the reads (muted, re-peeked).
+            # FIN behind data someone else will read: wait for the reads (muted, re-peeked
+            # every DRAIN_CHECK_MS).
             if bits & (_RDHUP | _HUP) and c.fd not in self._draining:
                 self._draining[c.fd] = None
                 self._poller.mute(c.fd)
@@ -369,35 +424,45 @@ class KeepaliveManager:
         """Start tracking ``sock`` (a socket, object with fileno(), or int fd).
 
         Raises ValueError when it is already tracked, TypeError/ValueError for a bad
-        argument (with close=True: TypeError for an object without close()), OSError when
+        argument (TypeError for a socket that is not a stream socket; with close=True,
+        for an object without close()), OSError when
         the fd cannot be watched (closed, not pollable).
         """
         fd = fd_of(sock)
+        self._check_open()
+        if self._close:
+            common.check_closable(sock)
+        kind = common.socket_type(sock, fd)
+        with self._lock:
+            old = self._conns.get(fd)
+        if old is not None:
+            if old.obj is sock or (isinstance(sock, int) and isinstance(old.obj, int)) or self._owns(old.obj, fd):
+                raise ValueError(f"fd {fd} is already in this manager")
         with self._lock:
             self._check_open()
-            if self._close:
-                common.check_closable(sock)
-            old = self._conns.get(fd)
-            if old is not None:
-                if old.obj is sock or (isinstance(sock, int) and isinstance(old.obj, int)) or self._fresh(old):
-                    raise ValueError(f"fd {fd} is already in this manager")
+            if old is not None and self._conns.get(fd) is old:
                 self._forget(old)  # stale: its socket was closed and the fd number reused
+            if fd in self._conns:  # added by another thread meanwhile
+                raise ValueError(f"fd {fd} is already in this manager")
             try:
                 os.fstat(fd)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot add fd {fd}: {os.strerror(exc.errno or errno.EBADF)}") from None
+            common.check_stream(fd, kind)
             if self._keepalive is not None:
                 self._apply_keepalive(sock, fd)
+            life_ms, limit = self._limits.draw()
             try:
                 self._poller.register(fd, self._watch)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot watch fd {fd}: {os.strerror(exc.errno or errno.EINVAL)}") from None
             self._seq += 1
             now = self._now()
-            c = _Conn(sock, fd, self._seq, now)
+            c = _Conn(sock, fd, self._seq, now, life_ms, limit)
             self._conns[fd] = c
             self._idle[fd] = None
-            self._life[fd] = None
+            if c.dies is not None:
+                heapq.heappush(self._life, (c.dies, c.seq, fd))
             self._arm(now)
 
     def _apply_keepalive(self, sock: Any, fd: int) -> None:
@@ -407,30 +472,42 @@ class KeepaliveManager:
 
         _keepalive.carry(_keepalive_py, fd, self._keepalive)
 
-    def _lookup(self, sock: Any) -> _Conn:
+    def _find(self, sock: Any) -> _Conn:
+        """The slot of tracked ``sock``, or KeyError. Called without the lock (it asks
+        the user's fileno()); the caller re-checks under the lock that the slot is still
+        the one tracked (``_held``)."""
         fd = fd_of(sock)
-        c = self._conns.get(fd)
-        if c is None or not self._fresh(c) or not (c.obj is sock or isinstance(sock, int)):
+        with self._lock:
+            self._check_open()
+            c = self._conns.get(fd)
+        if c is None or not (c.obj is sock or isinstance(sock, int)):
+            raise KeyError(sock)
+        if c.obj is not sock and not self._owns(c.obj, fd):  # sock's own fileno() said fd
+            raise KeyError(sock)
+        return c
+
+    def _held(self, c: _Conn, sock: Any) -> _Conn:
+        """``c`` when it is still tracked (under the lock), else KeyError."""
+        self._check_open()
+        if self._conns.get(c.fd) is not c:
             raise KeyError(sock)
         return c
 
     def remove(self, sock: Any) -> None:
         """Stop tracking ``sock``; never closes it. KeyError when it is not tracked."""
+        c = self._find(sock)
         with self._lock:
-            self._check_open()
-            self._forget(self._lookup(sock))
+            self._forget(self._held(c, sock))
 
     def discard(self, sock: Any) -> None:
         """Stop tracking ``sock`` if it is tracked; never an error for an unknown or
         closed socket, or a closed manager (TypeError only for what is not a socket)."""
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                c = self._lookup(sock)
-            except (KeyError, ValueError):
-                return
-            self._forget(c)
+        try:
+            c = self._find(sock)
+            with self._lock:
+                self._forget(self._held(c, sock))
+        except (KeyError, ValueError):
+            return
 
     def touch(self, sock: Any) -> None:
         """Restart the idle clock of ``sock`` and count one request. KeyError if unknown.
@@ -438,13 +515,13 @@ class KeepaliveManager:
         Reaching ``max_requests`` queues MAX_REQUESTS for the next poll() (and makes
         ``fileno()`` readable).
         """
+        c = self._find(sock)
         with self._lock:
-            self._check_open()
-            c = self._lookup(sock)
+            self._held(c, sock)
             c.last = self._now()
             self._idle.move_to_end(c.fd)
             c.requests += 1
-            if self._max_requests is not None and c.requests >= self._max_requests and c.fd not in self._limit:
+            if c.limit is not None and c.requests >= c.limit and c.fd not in self._limit:
                 self._limit[c.fd] = None
                 self._ring()
 
@@ -465,14 +542,13 @@ class KeepaliveManager:
         return len(self._conns)
 
     def __contains__(self, sock: Any) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            try:
-                self._lookup(sock)
-            except (KeyError, TypeError, ValueError):
-                return False
-            return True
+        try:
+            c = self._find(sock)
+            with self._lock:
+                self._held(c, sock)
+        except (KeyError, TypeError, ValueError):
+            return False
+        return True
 
     def poll(self, timeout: Optional[float] = None) -> List[Tuple[Any, Event]]:
         """Wait up to ``timeout`` seconds (None: until there is something) and return
@@ -508,73 +584,97 @@ class KeepaliveManager:
             # The lock is free while we sleep; a deadline that moves sooner meanwhile
             # rings the wake-up socket through the alarm.
             ready = self._poller.wait(wait)
-            with self._lock:
-                events = self._collect(ready)
+            events = self._collect(ready)
             if events or (end is not None and time.monotonic() >= end):
                 return events
 
     def _collect(self, ready: List[Tuple[int, int]]) -> List[Tuple[Any, Event]]:
+        """The events of one tick. User code (an object's fileno() and close()) runs
+        without the lock, one connection at a time, and every slot is re-checked after
+        it: another thread, or that very close(), may have changed the manager."""
         events: List[Tuple[Any, Event]] = []
+        while True:  # MAX_REQUESTS, in the order the limit was reached
+            with self._lock:
+                if not self._limit:
+                    break
+                c = self._conns[next(iter(self._limit))]
+                self._forget(c)
+            self._settle(c, Event.MAX_REQUESTS, events)
         stale = False
+        with self._lock:
+            # Each readiness with the slot it was reported for, taken before any user code
+            # runs: a number removed and reused meanwhile is not taken for the old one.
+            wake_fd = self._wake_r.fileno()
+            todo = [(fd, bits, self._conns.get(fd)) for fd, bits in ready]
+            # the draining: re-checked on the drain timer (SO_ERROR, then a peek)
+            todo += [(fd, _RDHUP | _HUP, self._conns[fd]) for fd in self._draining]
+        for fd, bits, found in todo:
+            with self._lock:
+                if fd == wake_fd:
+                    self._drain_wake()
+                    continue
+                if found is None:
+                    stale = stale or self._poller.tracks_files  # readiness no slot owns
+                    continue
+                c = found
+                if self._conns.get(fd) is not c:  # removed meanwhile
+                    continue
+            owns = self._owns(c.obj, fd)
+            with self._lock:
+                if self._conns.get(fd) is not c:  # removed meanwhile
+                    continue
+                if not owns:
+                    self._forget(c)
+                    continue
+                if fd in self._suspect and self._phantom(c):
+                    stale = True
+                    continue
+                ev = self._classify(c, bits)
+                if ev is Event.READABLE:
+                    c.last = self._now()
+                    self._idle.move_to_end(fd)
+                    events.append((c.obj, ev))
+                    continue
+                if ev is None:
+                    continue
+                self._forget(c)
+            events.append((c.obj, ev))
+            if self._close:
+                common.close_dropped(c.obj, c.fd, ev)
+        with self._lock:
+            # Rebuilt here only, in the polling thread (never under a wait on the old set);
+            # also once the suspects outnumber the connections: amortised O(1) per suspect.
+            if stale or len(self._suspect) > len(self._conns):
+                self._rebuild()
+            now = self._now()
+        while True:
+            with self._lock:
+                due = self._next_expired(now)
+                if due is None:
+                    self._arm(now)
+                    break
+                c, ev = due
+                self._forget(c)
+            self._settle(c, ev, events)
+        return events
 
-        def drop(c: _Conn, ev: Event) -> None:
-            self._forget(c)
+    def _settle(self, c: _Conn, ev: Event, events: List[Tuple[Any, Event]]) -> None:
+        """Report (and close) a connection already forgotten, unless its object no longer
+        owns its fd (stale: dropped silently). Runs user code: never under the lock."""
+        if self._owns(c.obj, c.fd):
             events.append((c.obj, ev))
             if self._close:
                 common.close_dropped(c.obj, c.fd, ev)
 
-        for fd in list(self._limit):
-            c = self._conns.get(fd)
-            if c is None or fd not in self._limit:  # removed meanwhile by an object's close()
-                continue
-            if self._fresh(c):
-                drop(c, Event.MAX_REQUESTS)
-            else:
-                self._forget(c)
-        wake_fd = self._wake_r.fileno()
-        draining = [(fd, _RDHUP) for fd in self._draining]
-        for fd, bits in ready + draining:
-            if fd == wake_fd:
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except (BlockingIOError, InterruptedError):
-                    pass
-                self._armed = None
-                continue
-            c = self._conns.get(fd)
-            if c is None:
-                stale = stale or self._poller.tracks_files  # readiness no slot owns
-                continue
-            if not self._fresh(c):
-                self._forget(c)
-                continue
-            if fd in self._suspect and self._phantom(c):
-                stale = True
-                continue
-            ev = self._classify(c, bits)
-            if ev is Event.READABLE:
-                c.last = self._now()
-                self._idle.move_to_end(fd)
-                events.append((c.obj, ev))
-            elif ev is not None:
-                drop(c, ev)
-        # Rebuilt here only, in the polling thread (never under a wait on the old set);
-        # also once the suspects outnumber the connections: amortised O(1) per suspect.
-        if stale or len(self._suspect) > len(self._conns):
-            self._rebuild()
-        now = self._now()
-        while True:
-            due = self._next_expired(now)
-            if due is None:
-                break
-            c, ev = due
-            if self._fresh(c):
-                drop(c, ev)
-            else:
-                self._forget(c)
-        self._arm(now)
-        return events
+    def _drain_wake(self) -> None:
+        """Empty the wake-up socket; the alarm is to be set again."""
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        self._armed = None
+
     def _next_expired(self, now: int) -> Optional[Tuple[_Conn, Event]]:
         """The next connection whose time is up at ``now``, merging the two lists.
 
@@ -583,16 +683,15 @@ class KeepaliveManager:
         deadline wins; a tie goes to the connection added first (then MAX_LIFETIME).
         """
         best = None
-        if self._life_ms is not None and self._life:
-            c = self._conns[next(iter(self._life))]
-            if c.born + self._life_ms <= now:
-                best = (c.born + self._life_ms, c.seq, 0, c)
+        c = self._life_head()
+        if c is not None and cast(int, c.dies) <= now:
+            best = (cast(int, c.dies), c.seq, 0, c)
         if self._idle_ms is not None:
             for fd in self._idle:
                 c = self._conns[fd]
                 if c.last + self._idle_ms > now:
                     break
-                if self._life_ms is not None and c.born + self._life_ms <= now:
+                if c.dies is not None and c.dies <= now:
                     continue
                 if best is None or (c.last + self._idle_ms, c.seq, 1) < best[:3]:
                     best = (c.last + self._idle_ms, c.seq, 1, c)
@@ -616,6 +715,7 @@ class KeepaliveManager:
             self._conns.clear()
             self._idle.clear()
             self._life.clear()
+            self._life_stale = 0
             self._limit.clear()
             self._draining.clear()
             self._suspect.clear()

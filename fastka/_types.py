@@ -20,8 +20,8 @@ SocketLike = Union[socket.socket, HasFileno, int]
 
 class Event(enum.IntEnum):
     """What a KeepaliveManager reports for a connection. The values are the FK_EV_* codes
-    of src/events.h (tests/test_manager_defects.py compares them with the compiled
-    module's EVENT_CODES)."""
+    of src/events.h's FK_EVENTS table (tests/library/test_manager_edge_cases.py compares
+    them with the compiled module's EVENT_CODES, built from that table)."""
 
     READABLE = 1
     IDLE = 2

@@ -4,7 +4,8 @@
 one loop reader, the manager's ``fileno()``, for all its connections, however many there
 are: the manager's fd is readable when a connection's socket reports a close, reset or
 error, when a deadline has passed and when a touch reached ``max_requests``, so the reaper
-needs no loop timer at all. Reads stay with asyncio: the manager watches with
+needs no loop timer (except one while a graceful close is draining, see below). Reads
+stay with asyncio: the manager watches with
 ``watch_readable=False`` and ``close=False``, so it only peeks for a peer close, reset or
 timeout, and every close goes through the transport.
 
@@ -16,7 +17,10 @@ timer at the manager's ``next_deadline()`` drives ``poll()`` instead, at least e
 What the reaper does on each :class:`fastka.Event`:
 
 * ``IDLE``, ``MAX_REQUESTS``, ``MAX_LIFETIME``: ``transport.close()`` (buffered data is
-  flushed, then the peer reads EOF: a FIN);
+  flushed, then the peer reads EOF: a FIN), and if the transport still holds unsent data
+  ``drain_timeout`` seconds later (a peer that stopped reading), ``transport.abort()`` with
+  the socket set to reset (SO_LINGER 0, so the kernel drops the unsent data too): a graceful
+  close ends within ``drain_timeout``, whatever the peer does;
 * ``RESET``, ``TIMED_OUT``, ``ERROR``: ``transport.abort()`` (the peer is gone);
 * ``PEER_CLOSED``: nothing; asyncio reads the EOF itself and tells the protocol.
 
@@ -35,11 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
+import numbers
 import socket
-from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional
+import struct
+from collections import OrderedDict, deque
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
-from . import _backends
+from . import _backends, _jitter
 from ._config import KeepaliveConfig
 from ._types import Event
 
@@ -54,9 +61,13 @@ two polls while it tracks connections."""
 # never outnumber the open ones by much, with no scan per touch and no timer.
 _SWEEP = 4
 
+DRAIN_TIMEOUT = 5.0
+"""Seconds: the default ``drain_timeout``, the longest a graceful close may spend flushing
+what the transport still buffers before the reaper aborts it."""
+
 _GRACEFUL = frozenset((Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME))
 _DEAD = frozenset((Event.RESET, Event.TIMED_OUT, Event.ERROR))
-_TRANSPORT_METHODS = ("get_extra_info", "is_closing", "close", "abort")
+_TRANSPORT_METHODS = ("get_extra_info", "is_closing", "close", "abort", "get_write_buffer_size")
 
 OnEvent = Callable[[asyncio.WriteTransport, Event], object]
 """The type of ``on_event``: called as ``on_event(transport, event)``; what it returns is
@@ -70,7 +81,13 @@ class KeepaliveReaper:
     the number of :meth:`touch` calls a connection may have (``None``: unlimited),
     ``keepalive`` a :class:`fastka.KeepaliveConfig` applied to each added transport's
     socket, ``on_event(transport, event)`` a callback for every event (metrics, logs).
-    Bad values raise the manager's TypeError/ValueError.
+    ``drain_timeout`` (seconds, >= 0) bounds a graceful close: a transport closed on
+    ``IDLE``, ``MAX_REQUESTS`` or ``MAX_LIFETIME`` that still buffers unsent data that long
+    after ``close()`` (its peer stopped reading) is aborted. ``jitter`` (a fraction, 0 to
+    0.5) spreads each connection's ``max_lifetime`` and ``max_requests`` uniformly within
+    ±jitter, drawn when it is added, so that connections opened together do not all reach
+    their limit together; ``idle_timeout`` is never spread. Bad values raise
+    TypeError/ValueError naming the argument.
 
     The reaper binds to the running loop on the first :meth:`add` (or ``async with``);
     use it from that loop only.
@@ -84,10 +101,19 @@ class KeepaliveReaper:
         max_lifetime: Optional[float] = None,
         keepalive: Optional[KeepaliveConfig] = None,
         on_event: Optional[OnEvent] = None,
+        drain_timeout: float = DRAIN_TIMEOUT,
+        jitter: float = 0.0,
         _backend: Optional[_backends.Backend] = None,
+        _random: Optional[_jitter.Source] = None,
     ) -> None:
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be a callable(transport, event) or None, not {type(on_event).__name__}: {on_event!r}")
+        given: object = drain_timeout  # checked as any object: callers may pass anything
+        if isinstance(given, bool) or not isinstance(given, numbers.Real):
+            raise TypeError(f"drain_timeout must be seconds (int or float), not {type(drain_timeout).__name__}: {drain_timeout!r}")
+        drain = float(drain_timeout)
+        if not (0 <= drain and math.isfinite(drain)):
+            raise ValueError(f"drain_timeout={drain_timeout!r} must be finite seconds >= 0 (a graceful close never waits longer)")
         backend = _backends.default() if _backend is None else _backend
         self._mgr: Any = backend.KeepaliveManager(
             idle_timeout,
@@ -96,8 +122,14 @@ class KeepaliveReaper:
             keepalive=keepalive,
             close=False,
             watch_readable=False,
+            jitter=jitter,
+            _random=_random,
         )
         self._on_event = on_event
+        self._drain_timeout = drain
+        # (loop.time() to abort at, transport) of graceful closes still flushing, in deadline
+        # order (one drain_timeout for all, so appending keeps the order)
+        self._draining: Deque[Tuple[float, asyncio.WriteTransport]] = deque()
         self._check_limit = max_requests is not None  # in timer mode only: see _bind()
         # transport -> fd given to the manager, in the order the sweep visits them
         self._fds: OrderedDict[asyncio.WriteTransport, int] = OrderedDict()
@@ -181,7 +213,8 @@ class KeepaliveReaper:
 
     def close(self) -> None:
         """Stop reaping: the loop reader goes, tracked transports stay open and are
-        forgotten. Idempotent."""
+        forgotten; graceful closes still flushing are left to finish (no longer bounded by
+        ``drain_timeout``). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -193,6 +226,7 @@ class KeepaliveReaper:
             self._timer = None
         self._fds.clear()
         self._transports.clear()
+        self._draining.clear()
         self._mgr.close()
 
     async def __aenter__(self) -> "KeepaliveReaper":
@@ -239,17 +273,23 @@ class KeepaliveReaper:
                 fds.move_to_end(transport)
 
     def _arm(self) -> None:
-        """Timer mode: keep the one timer at or before the next deadline, and at most
-        IO_CHECK seconds away while connections are tracked. A timer that fires early
-        (touches moved the deadline) finds nothing due and is set again."""
+        """Keep the one timer at or before the next thing due: in timer mode the next
+        deadline, at most IO_CHECK seconds away while connections are tracked; in both
+        modes the first draining close's abort time. A timer that fires early (touches moved
+        the deadline) finds nothing due and is set again."""
         loop = self._loop
         assert loop is not None
-        delay = self._mgr.next_deadline()
-        if self._fds:
-            delay = IO_CHECK if delay is None else min(delay, IO_CHECK)
+        delay: Optional[float] = None
+        if not self._reader:
+            delay = self._mgr.next_deadline()
+            if self._fds:
+                delay = IO_CHECK if delay is None else min(delay, IO_CHECK)
+        if self._draining:
+            drain = self._draining[0][0] - loop.time()
+            delay = drain if delay is None else min(delay, drain)
         if delay is None:
             return
-        when = loop.time() + delay
+        when = loop.time() + max(delay, 0.0)
         if self._timer is not None:
             if self._timer_when <= when:
                 return
@@ -259,7 +299,25 @@ class KeepaliveReaper:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._reap()
+        if self._reader:
+            self._abort_undrained()
+            self._arm()
+        else:
+            self._reap()
+
+    def _abort_undrained(self) -> None:
+        """Abort the graceful closes whose drain_timeout has passed with data still buffered."""
+        assert self._loop is not None
+        now = self._loop.time()
+        draining = self._draining
+        while draining and draining[0][0] <= now:
+            _, transport = draining.popleft()
+            try:
+                if transport.get_write_buffer_size():
+                    _reset_on_close(transport)
+                    transport.abort()
+            except Exception as exc:
+                self._report("fastka.aio.KeepaliveReaper: aborting a transport that did not drain failed", exc, transport)
 
     def _reap(self) -> None:
         if self._closed:
@@ -278,13 +336,17 @@ class KeepaliveReaper:
                 continue  # closed by its owner meanwhile: nothing to do, nothing to report
             self._act(transport, event)
         self._sweep()
-        if not self._reader and not self._closed:
+        self._abort_undrained()
+        if not self._closed and (not self._reader or self._draining):
             self._arm()
 
     def _act(self, transport: asyncio.WriteTransport, event: Event) -> None:
         try:
             if event in _GRACEFUL:
                 transport.close()
+                if transport.get_write_buffer_size():
+                    assert self._loop is not None
+                    self._draining.append((self._loop.time() + self._drain_timeout, transport))
             elif event in _DEAD:
                 transport.abort()
         except Exception as exc:
@@ -301,3 +363,15 @@ class KeepaliveReaper:
             context["transport"] = transport
         assert self._loop is not None
         self._loop.call_exception_handler(context)
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _reset_on_close(transport: asyncio.WriteTransport) -> None:
+    """Make the close of ``transport``'s socket a reset (SO_LINGER 0): without it the kernel
+    would keep flushing the socket's send queue to a peer that does not read, after the fd
+    is gone, holding its memory. A socket already closed is left alone."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.fileno() >= 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

@@ -1,18 +1,33 @@
-/* Event codes reported for a connection; fastka.Event has the same names and values
- * (the compiled manager exports them as EVENT_CODES; a test compares the two). */
+/* Event codes reported for a connection: the C side's one table. fastka.Event (the
+ * Python side, fastka/_types.py) has the same names and values; the compiled manager
+ * exports this table as EVENT_CODES (built from fk_event_names) and a test compares the
+ * two. A new event is one FK_EVENT line here and one member there. */
 #ifndef FASTKA_EVENTS_H
 #define FASTKA_EVENTS_H
 
+#define FK_EVENTS(FK_EVENT)    \
+    FK_EVENT(READABLE, 1)      \
+    FK_EVENT(IDLE, 2)          \
+    FK_EVENT(PEER_CLOSED, 3)   \
+    FK_EVENT(RESET, 4)         \
+    FK_EVENT(TIMED_OUT, 5)     \
+    FK_EVENT(MAX_REQUESTS, 6)  \
+    FK_EVENT(MAX_LIFETIME, 7)  \
+    FK_EVENT(ERROR, 8)
+
+#define FK_EV_ENUM(name, value) FK_EV_##name = value,
 enum fk_event {
-    FK_EV_NONE = 0,
-    FK_EV_READABLE = 1,
-    FK_EV_IDLE = 2,
-    FK_EV_PEER_CLOSED = 3,
-    FK_EV_RESET = 4,
-    FK_EV_TIMED_OUT = 5,
-    FK_EV_MAX_REQUESTS = 6,
-    FK_EV_MAX_LIFETIME = 7,
-    FK_EV_ERROR = 8,
+    FK_EV_NONE = 0, /* nothing to report */
+    FK_EVENTS(FK_EV_ENUM)
 };
+#undef FK_EV_ENUM
+
+/* Each event's name at its code (NULL at FK_EV_NONE and any gap); FK_EV_LIMIT entries. */
+#define FK_EV_COUNT(name, value) + 1
+enum { FK_EV_LIMIT = 1 FK_EVENTS(FK_EV_COUNT) };
+#undef FK_EV_COUNT
+#define FK_EV_NAME(name, value) [value] = #name,
+static const char *const fk_event_names[FK_EV_LIMIT] = {FK_EVENTS(FK_EV_NAME)};
+#undef FK_EV_NAME
 
 #endif

@@ -26,8 +26,61 @@
     }
 
 LINKS(idle, iprev, inext)
-LINKS(life, lprev, lnext)
 LINKS(queue, qprev, qnext)
+
+/* The lifetime heap: earliest (dies, seq) at heap[0]; each slot knows its index (lpos). */
+static int heap_before(const struct fk_manager *m, int32_t a, int32_t b)
+{
+    const struct fk_slot *x = &m->slots[a], *y = &m->slots[b];
+    return x->dies != y->dies ? x->dies < y->dies : x->seq < y->seq;
+}
+
+static void heap_put(struct fk_manager *m, int32_t i, int32_t fd)
+{
+    m->heap[i] = fd;
+    m->slots[fd].lpos = i;
+}
+
+static void heap_up(struct fk_manager *m, int32_t i)
+{
+    int32_t fd = m->heap[i];
+    while (i > 0) {
+        int32_t parent = (i - 1) / 2;
+        if (!heap_before(m, fd, m->heap[parent]))
+            break;
+        heap_put(m, i, m->heap[parent]);
+        i = parent;
+    }
+    heap_put(m, i, fd);
+}
+
+static void heap_down(struct fk_manager *m, int32_t i)
+{
+    int32_t fd = m->heap[i];
+    for (;;) {
+        int32_t child = 2 * i + 1;
+        if (child >= m->nheap)
+            break;
+        if (child + 1 < m->nheap && heap_before(m, m->heap[child + 1], m->heap[child]))
+            child++;
+        if (!heap_before(m, m->heap[child], fd))
+            break;
+        heap_put(m, i, m->heap[child]);
+        i = child;
+    }
+    heap_put(m, i, fd);
+}
+
+static void heap_remove(struct fk_manager *m, int32_t fd)
+{
+    int32_t i = m->slots[fd].lpos, last = m->heap[--m->nheap];
+    m->slots[fd].lpos = FK_NIL;
+    if (last == fd)
+        return;
+    heap_put(m, i, last);
+    heap_up(m, i);
+    heap_down(m, m->slots[last].lpos);
+}
 
 int64_t fk_mgr_now(void)
 {
@@ -41,11 +94,13 @@ static uint64_t tag(uint32_t seq, int fd)
     return (uint64_t)seq << 32 | (uint32_t)fd;
 }
 
-/* What a slot is registered for: readability (when watched) and the peer's FIN; nothing
- * but the implicit EPOLLERR/EPOLLHUP while a FIN waits behind data someone else reads. */
-static uint32_t interest(const struct fk_manager *m, int draining)
+/* What a slot is registered for: readability (when watched) and the peer's FIN. A slot
+ * whose FIN waits behind data someone else reads (draining) is not registered at all:
+ * once our side has shut down too, epoll would report EPOLLHUP, which no interest mask
+ * turns off, on every wait until the data is read. The caller re-checks it on a timer. */
+static uint32_t interest(const struct fk_manager *m)
 {
-    return draining ? 0 : (m->watch ? EPOLLIN : 0) | EPOLLRDHUP;
+    return (m->watch ? EPOLLIN : 0) | EPOLLRDHUP;
 }
 
 /* A new epoll set holding the wake-up and timer fds (sequence number 0: no slot). */
@@ -66,17 +121,15 @@ static int control_set(const struct fk_manager *m)
     return -err;
 }
 
-int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t max_requests, int watch)
+int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int watch)
 {
     struct epoll_event ev = {.events = EPOLLIN};
     int err;
     memset(m, 0, sizeof *m);
     m->epfd = m->srcfd = m->wakefd = m->timerfd = -1;
-    m->idle.head = m->idle.tail = m->life.head = m->life.tail = FK_NIL;
+    m->idle.head = m->idle.tail = FK_NIL;
     m->queue.head = m->queue.tail = FK_NIL;
     m->idle_ms = idle_ms;
-    m->life_ms = life_ms;
-    m->max_requests = max_requests;
     m->watch = watch;
     m->armed = INT64_MAX;
     m->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -113,10 +166,12 @@ void fk_mgr_destroy(struct fk_manager *m)
         *fds[i] = -1;
     }
     free(m->slots);
+    free(m->heap);
     m->slots = NULL;
-    m->cap = 0;
+    m->heap = NULL;
+    m->cap = m->nheap = 0;
     m->count = m->ndraining = 0;
-    m->idle.head = m->idle.tail = m->life.head = m->life.tail = FK_NIL;
+    m->idle.head = m->idle.tail = FK_NIL;
     m->queue.head = m->queue.tail = FK_NIL;
 }
 
@@ -130,6 +185,10 @@ static int grow(struct fk_manager *m, int fd)
     /* the next multiple of FK_SLOT_STEP above fd: no doubling, little slack */
     int32_t cap = fd > INT32_MAX - FK_SLOT_STEP ? INT32_MAX : (fd / FK_SLOT_STEP + 1) * FK_SLOT_STEP;
     struct fk_slot *s;
+    int32_t *h = realloc(m->heap, (size_t)cap * sizeof *h);
+    if (!h)
+        return -ENOMEM;
+    m->heap = h;
     s = realloc(m->slots, (size_t)cap * sizeof *s);
     if (!s)
         return -ENOMEM;
@@ -139,7 +198,7 @@ static int grow(struct fk_manager *m, int fd)
     return 0;
 }
 
-int fk_mgr_add(struct fk_manager *m, int fd, int64_t now)
+int fk_mgr_add(struct fk_manager *m, int fd, int64_t now, int64_t life_ms, uint32_t max_requests)
 {
     struct epoll_event ev;
     struct fk_slot *s;
@@ -152,18 +211,27 @@ int fk_mgr_add(struct fk_manager *m, int fd, int64_t now)
     if (s->used)
         return -EEXIST;
     seq = m->seq + 1 ? m->seq + 1 : 1; /* 0 tags the control fds */
-    ev.events = interest(m, 0);
+    ev.events = interest(m);
     ev.data.u64 = tag(seq, fd);
-    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+    /* EEXIST: this very file is still registered under fd, from a slot dropped without
+     * EPOLL_CTL_DEL (fk_mgr_forget) whose close() left the file open (a makefile() of
+     * the socket, say). No live slot owns it, so it is taken over. */
+    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 && (errno != EEXIST || epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
         return -errno;
     m->seq = seq;
     memset(s, 0, sizeof *s);
     s->used = 1;
-    s->last = s->born = now;
+    s->last = now;
     s->seq = seq;
-    s->qprev = s->qnext = FK_NIL;
+    s->limit = max_requests;
+    s->qprev = s->qnext = s->lpos = FK_NIL;
     idle_append(m, &m->idle, fd);
-    life_append(m, &m->life, fd);
+    if (life_ms >= 0) {
+        s->dies = now + life_ms;
+        m->nheap++;
+        heap_put(m, m->nheap - 1, fd);
+        heap_up(m, m->nheap - 1);
+    }
     m->count++;
     return 0;
 }
@@ -175,7 +243,8 @@ int fk_mgr_forget(struct fk_manager *m, int fd)
         return -ENOENT;
     s = &m->slots[fd];
     idle_unlink(m, &m->idle, fd);
-    life_unlink(m, &m->life, fd);
+    if (s->lpos != FK_NIL)
+        heap_remove(m, fd);
     if (s->queued)
         queue_unlink(m, &m->queue, fd);
     if (s->draining)
@@ -187,9 +256,10 @@ int fk_mgr_forget(struct fk_manager *m, int fd)
 
 int fk_mgr_remove(struct fk_manager *m, int fd)
 {
+    int draining = fk_mgr_has(m, fd) && m->slots[fd].draining; /* not registered */
     int r = fk_mgr_forget(m, fd);
     /* ENOENT/EBADF when the fd was closed (and maybe reused) behind our back: fine. */
-    if (r == 0)
+    if (r == 0 && !draining)
         epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, NULL);
     return r;
 }
@@ -205,7 +275,7 @@ int fk_mgr_touch(struct fk_manager *m, int fd, int64_t now)
     idle_append(m, &m->idle, fd);
     if (s->requests < FK_MAX_REQUESTS)
         s->requests++;
-    if (m->max_requests && s->requests >= m->max_requests && !s->queued) {
+    if (s->limit && s->requests >= s->limit && !s->queued) {
         s->queued = 1;
         queue_append(m, &m->queue, fd);
         return 1;
@@ -220,8 +290,8 @@ int64_t fk_mgr_earliest(const struct fk_manager *m)
         return INT64_MIN;
     if (m->idle_ms >= 0 && m->idle.head != FK_NIL)
         best = m->slots[m->idle.head].last + m->idle_ms;
-    if (m->life_ms >= 0 && m->life.head != FK_NIL && m->slots[m->life.head].born + m->life_ms < best)
-        best = m->slots[m->life.head].born + m->life_ms;
+    if (m->nheap && m->slots[m->heap[0]].dies < best)
+        best = m->slots[m->heap[0]].dies;
     return best;
 }
 
@@ -289,9 +359,9 @@ int fk_mgr_rebuild(struct fk_manager *m)
     for (int32_t fd = 0; fd < m->cap; fd++) {
         const struct fk_slot *s = &m->slots[fd];
         struct epoll_event sev;
-        if (!s->used)
+        if (!s->used || s->draining)
             continue;
-        sev.events = interest(m, s->draining);
+        sev.events = interest(m);
         sev.data.u64 = tag(s->seq, fd);
         /* EBADF/EPERM: closed or replaced behind our back; its slot is found stale later */
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &sev);
@@ -337,10 +407,9 @@ int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now)
         }
         /* A FIN behind data someone else reads: wait for the reads, polled by the caller. */
         if (events & (EPOLLRDHUP | EPOLLHUP) && !s->draining) {
-            struct epoll_event ev = {.events = interest(m, 1), .data.u64 = tag(s->seq, fd)};
             s->draining = 1;
             m->ndraining++;
-            epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev);
+            epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, NULL);
         }
         return FK_EV_NONE;
     }
@@ -352,6 +421,11 @@ int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now)
 int fk_mgr_queued(const struct fk_manager *m)
 {
     return m->queue.head;
+}
+
+int fk_mgr_is_draining(const struct fk_manager *m, int fd)
+{
+    return fk_mgr_has(m, fd) && m->slots[fd].draining;
 }
 
 int fk_mgr_draining(const struct fk_manager *m, int *fds, int n)
@@ -377,12 +451,9 @@ int fk_mgr_next_expired(const struct fk_manager *m, int64_t now, int *event)
     int32_t best = FK_NIL, fd;
     int64_t bd = 0;
     int bk = 0;
-    if (m->life_ms >= 0 && m->life.head != FK_NIL) {
-        fd = m->life.head;
-        if (m->slots[fd].born + m->life_ms <= now) {
-            best = fd;
-            bd = m->slots[fd].born + m->life_ms;
-        }
+    if (m->nheap && m->slots[m->heap[0]].dies <= now) {
+        best = m->heap[0];
+        bd = m->slots[best].dies;
     }
     if (m->idle_ms >= 0) {
         /* the first idle-expired connection whose lifetime is not also over */
@@ -390,7 +461,7 @@ int fk_mgr_next_expired(const struct fk_manager *m, int64_t now, int *event)
             const struct fk_slot *s = &m->slots[fd];
             if (s->last + m->idle_ms > now)
                 break;
-            if (m->life_ms >= 0 && s->born + m->life_ms <= now)
+            if (s->lpos != FK_NIL && s->dies <= now)
                 continue;
             if (best == FK_NIL || before(s->last + m->idle_ms, s->seq, 1, bd, m->slots[best].seq, bk)) {
                 best = fd;

@@ -1,6 +1,7 @@
-/* The connection manager's core: one epoll set, per-fd slots in a flat array, and
- * intrusive doubly linked lists ordered by last activity (idle expiry), by insertion
- * (max_lifetime) and by the touch that reached max_requests. Times are milliseconds of
+/* The connection manager's core: one epoll set, per-fd slots in a flat array, intrusive
+ * doubly linked lists ordered by last activity (idle expiry) and by the touch that
+ * reached max_requests, and a binary heap of slots by max_lifetime deadline (each
+ * connection has its own lifetime and request limit: the caller may spread them). Times are milliseconds of
  * CLOCK_MONOTONIC (or of whatever clock the caller passes in). Not thread-safe: the
  * caller serialises calls (the Cython binding does, under the GIL).
  *
@@ -32,9 +33,10 @@
 
 struct fk_slot {              /* 48 bytes */
     int32_t iprev, inext;     /* idle list: by last activity */
-    int32_t lprev, lnext;     /* lifetime list: by insertion */
+    int32_t lpos;             /* index in the lifetime heap; FK_NIL: no max_lifetime */
     int32_t qprev, qnext;     /* max_requests reached, awaiting poll */
-    int64_t last, born;       /* ms */
+    uint32_t limit;           /* this connection's max_requests; 0: unlimited */
+    int64_t last, dies;       /* ms: last activity, max_lifetime deadline */
     uint32_t seq;
     uint32_t requests : 29, used : 1, queued : 1, draining : 1;
 };
@@ -45,24 +47,25 @@ struct fk_manager {
     int epfd, srcfd, wakefd, timerfd; /* -1 once destroyed */
     int64_t armed;                    /* the timerfd's deadline (ms); INT64_MAX: none */
     struct fk_slot *slots;
-    int32_t cap;
+    int32_t *heap;            /* fds by (dies, seq): a binary heap of nheap, room for cap */
+    int32_t cap, nheap;
     uint32_t count, seq, ndraining;
-    struct fk_list idle, life, queue;
-    int64_t idle_ms, life_ms; /* -1: never */
-    uint32_t max_requests;    /* 0: unlimited */
+    struct fk_list idle, queue;
+    int64_t idle_ms;          /* -1: never */
     int watch;                /* EPOLLIN interest */
 };
 
-/* 0 or -errno. idle_ms/life_ms -1 for never, max_requests 0 for unlimited (at most
- * FK_MAX_REQUESTS). */
-int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int64_t life_ms, uint32_t max_requests, int watch);
+/* 0 or -errno. idle_ms -1 for never. */
+int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int watch);
 /* Close the descriptors and free the slots; the struct is left empty and unusable (every
  * fd -1, no slots), so a late call fails instead of touching another manager's set. */
 void fk_mgr_destroy(struct fk_manager *m);
 int64_t fk_mgr_now(void);                      /* CLOCK_MONOTONIC in ms */
 int fk_mgr_has(const struct fk_manager *m, int fd);
-/* 0, -EEXIST, -ENOMEM or the epoll_ctl -errno. */
-int fk_mgr_add(struct fk_manager *m, int fd, int64_t now);
+/* Track fd from `now` with its own limits: life_ms -1 for no max_lifetime, max_requests
+ * 0 for unlimited (at most FK_MAX_REQUESTS). 0, -EEXIST (fd is tracked), -ENOMEM or the
+ * epoll_ctl -errno. */
+int fk_mgr_add(struct fk_manager *m, int fd, int64_t now, int64_t life_ms, uint32_t max_requests);
 /* Forget fd (and take it out of the epoll set, ignoring errors): 0 or -ENOENT. */
 int fk_mgr_remove(struct fk_manager *m, int fd);
 /* Forget fd but leave its registration, for a caller about to close it: closing the
@@ -86,13 +89,15 @@ void fk_mgr_arm(struct fk_manager *m, int64_t now, int64_t drain_ms);
 int fk_mgr_owner(struct fk_manager *m, uint64_t data);
 /* Replace epfd by a new set holding the live slots (and the control fds): 0 or -errno. */
 int fk_mgr_rebuild(struct fk_manager *m);
-/* The event for a ready fd (FK_EV_NONE: nothing to report; it may then be muted as
+/* The event for a ready fd (FK_EV_NONE: nothing to report; it may then leave the epoll set as
  * draining). A READABLE restarts the idle clock. EPOLLIN alone (the fd is registered
  * with EPOLLRDHUP, so no FIN has arrived) is READABLE without a system call; the socket
  * is peeked only when EPOLLRDHUP, EPOLLHUP or EPOLLERR is set. */
 int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now);
 /* The first queued MAX_REQUESTS fd, or -1. */
 int fk_mgr_queued(const struct fk_manager *m);
+/* Is fd tracked and waiting for its reader (out of the epoll set, re-checked on a timer)? */
+int fk_mgr_is_draining(const struct fk_manager *m, int fd);
 /* Fill fds[0..n) with the draining fds; returns how many (at most n; m->ndraining of
  * them fit in n == m->ndraining). */
 int fk_mgr_draining(const struct fk_manager *m, int *fds, int n);

@@ -55,4 +55,6 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit(f"usage: python {sys.argv[0]} PORT  (0: any free port)")
     asyncio.run(main(int(sys.argv[1])))

@@ -1,26 +1,33 @@
-"""uvicorn: connections limited by fastka.aio.KeepaliveReaper, with uvicorn's public hooks.
+"""uvicorn: what uvicorn lacks, added inside its own protocol; what it does well, left to it.
 
-Two small pieces, no uvicorn subclass:
+uvicorn closes idle keep-alive connections itself (``timeout_keep_alive``: a loop timer per
+connection, re-armed after every response; it has no switch to turn it off, so a reaper's
+idle clock beside it would only add its cost on top). It has no per-connection request
+limit (``--limit-max-requests`` restarts the whole worker), no connection lifetime, and
+no TCP keepalive settings or dead-peer reports. ``reaped_protocol(reaper, max_requests)``
+returns uvicorn's httptools protocol (``uvicorn.Config(http=...)`` takes a protocol class;
+uvicorn offers no other hook; httptools comes with ``uvicorn[standard]``) with these
+methods extended, and no other work per request:
 
-* ``reaped_protocol(reaper)``: a protocol class for ``uvicorn.Config(http=...)``, which
-  takes one. It wraps uvicorn's own protocol, adds each connection to the reaper and
-  makes its transport visible (a context variable) to the request tasks uvicorn starts;
-* ``touch_per_request(app, reaper)``: ASGI middleware that touches the connection once the
-  last body message of a response has been sent.
+* ``connection_made`` / ``connection_lost``: the connection is added to / discarded from
+  the reaper, which applies ``KEEPALIVE`` to its socket, closes it at ``max_lifetime``
+  (spread by ``jitter``) and aborts it when its peer is found dead;
+* with ``max_requests``, ``on_headers_complete`` counts the connection's requests and
+  marks the last allowed one not keep-alive: uvicorn answers it with ``Connection: close``
+  and closes the connection after the response, as it does for a client that asked for
+  that. The client is told before the FIN.
 
-uvicorn's own ``timeout_keep_alive`` is set above ``idle_timeout``: the reaper decides.
-
-``python aio_uvicorn.py PORT`` serves on 127.0.0.1:PORT (0: any free port).
+``python aio_uvicorn.py PORT`` serves on 127.0.0.1:PORT (0: any free port), on uvloop
+when it is installed (uvicorn's own choice of loop).
 """
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import sys
-from typing import Any, Awaitable, Callable, MutableMapping, Optional, Type, cast
+from typing import Any, Awaitable, Callable, MutableMapping, Optional, Type
 
 import uvicorn
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 import fastka
 from fastka.aio import KeepaliveReaper, OnEvent
@@ -33,62 +40,37 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_transport: contextvars.ContextVar[Optional[asyncio.Transport]] = contextvars.ContextVar("fastka_transport", default=None)
 
+def reaped_protocol(reaper: KeepaliveReaper, max_requests: Optional[int] = None) -> Type[asyncio.Protocol]:
+    """A protocol class for ``uvicorn.Config(http=...)``: uvicorn's httptools protocol,
+    whose connections ``reaper`` tracks and which answers the ``max_requests``-th request
+    of a connection with ``Connection: close`` (``None``: no limit)."""
+    if max_requests is not None and (isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1):
+        raise ValueError(f"max_requests={max_requests!r} must be an int >= 1 or None")
 
-def reaped_protocol(reaper: KeepaliveReaper, inner: Type[asyncio.Protocol] = AutoHTTPProtocol) -> Type[asyncio.Protocol]:
-    """A protocol class for ``uvicorn.Config(http=...)`` around uvicorn's ``inner`` one."""
-
-    class Reaped(asyncio.Protocol):
-        def __init__(self, **kwargs: Any) -> None:
-            self.inner: Any = inner(**kwargs)  # uvicorn's keyword arguments, passed on
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-            reaper.add(self.transport)
-            self.inner.connection_made(transport)
-
-        def data_received(self, data: bytes) -> None:
-            token = _transport.set(self.transport)  # request tasks started here inherit it
-            try:
-                self.inner.data_received(data)
-            finally:
-                _transport.reset(token)
-
-        def eof_received(self) -> Optional[bool]:
-            result: Optional[bool] = self.inner.eof_received()
-            return result
+    class Reaped(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            reaper.add(transport)
 
         def connection_lost(self, exc: Optional[Exception]) -> None:
             reaper.discard(self.transport)
-            self.inner.connection_lost(exc)
+            super().connection_lost(exc)
 
-        def pause_writing(self) -> None:
-            self.inner.pause_writing()
+    if max_requests is None:
+        return Reaped
+    limit: int = max_requests
 
-        def resume_writing(self) -> None:
-            self.inner.resume_writing()
+    class Limited(Reaped):
+        requests = 0
 
-    return Reaped
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self.requests += 1
+            if self.requests >= limit and self.cycle is not None:
+                self.cycle.keep_alive = False  # uvicorn sends Connection: close, then closes
 
-
-def touch_per_request(app: ASGIApp, reaper: KeepaliveReaper) -> ASGIApp:
-    """ASGI middleware: one touch per HTTP response, after its last byte was handed over."""
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        transport = _transport.get()
-        if scope["type"] != "http" or transport is None:
-            await app(scope, receive, send)
-            return
-
-        async def send_then_touch(message: Message) -> None:
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                reaper.touch(transport)
-
-        await app(scope, receive, send_then_touch)
-
-    return wrapped
+    return Limited
 
 
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,24 +86,28 @@ def server(
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
+    idle_timeout: float = 5.0,
+    max_requests: Optional[int] = 100,
     log_level: str = "warning",
 ) -> uvicorn.Server:
-    """A uvicorn.Server for ``app`` with the reaper in place; run it with ``await
-    server.serve()`` inside the reaper's ``async with``."""
+    """A uvicorn.Server for ``app`` with the reaper in place, closing connections idle for
+    ``idle_timeout`` seconds (uvicorn's own timer); run it with ``await server.serve()``
+    inside the reaper's ``async with``."""
     config = uvicorn.Config(
-        touch_per_request(app, reaper),
+        app,
         host=host,
         port=port,
-        http=reaped_protocol(reaper),
+        http=reaped_protocol(reaper, max_requests),
         lifespan="off",
-        timeout_keep_alive=3600,
+        timeout_keep_alive=idle_timeout,  # type: ignore[arg-type]  # uvicorn takes seconds as a float too
         log_level=log_level,
     )
     return uvicorn.Server(config)
 
 
-def make_reaper(idle_timeout: float = 5.0, max_requests: int = 100, on_event: Optional[OnEvent] = None) -> KeepaliveReaper:
-    return KeepaliveReaper(idle_timeout, max_requests=max_requests, keepalive=KEEPALIVE, on_event=on_event)
+def make_reaper(on_event: Optional[OnEvent] = None, *, max_lifetime: Optional[float] = 3600.0, jitter: float = 0.1) -> KeepaliveReaper:
+    """No idle clock (uvicorn's is already there): lifetime, keepalive and dead peers."""
+    return KeepaliveReaper(None, max_lifetime=max_lifetime, jitter=jitter, keepalive=KEEPALIVE, on_event=on_event)
 
 
 async def main(port: int) -> None:
@@ -129,5 +115,17 @@ async def main(port: int) -> None:
         await server(hello, reaper, port=port).serve()
 
 
+def run(port: int) -> None:
+    """Serve ``hello`` on the loop uvicorn would pick itself (uvloop when installed)."""
+    factory = uvicorn.Config(hello).get_loop_factory()
+    loop = factory() if factory is not None else asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main(port))
+    finally:
+        loop.close()
+
+
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit(f"usage: python {sys.argv[0]} PORT  (0: any free port)")
+    run(int(sys.argv[1]))

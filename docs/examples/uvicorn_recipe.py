@@ -24,4 +24,6 @@ async def hello(scope: Dict[str, Any], receive: Callable[[], Awaitable[Any]], se
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit(f"usage: python {sys.argv[0]} PORT  (0: any free port)")
     serve(hello, "127.0.0.1", int(sys.argv[1]))

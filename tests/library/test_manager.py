@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import struct
 import threading
@@ -460,3 +461,158 @@ def test_readable_without_fin_is_not_peeked(mgr_factory, listener):
     finally:
         os.close(r)
         os.close(w)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _jitter_run(cls, listener, seed):
+    """Events of a seeded jitter run with a test clock: 40 connections, all added at
+    once, touched once per simulated second; (connection index, event, second)."""
+    clock = _Clock()
+    m = cls(None, max_requests=20, max_lifetime=30.0, jitter=0.3, _random=random.Random(seed).random, close=False)
+    m._set_clock(clock)
+    pairs = [pair(listener) for _ in range(40)]
+    index = {s: i for i, (_, s) in enumerate(pairs)}
+    out = []
+    try:
+        for _, s in pairs:
+            m.add(s)
+        for second in range(1, 45):
+            clock.t += 1.0
+            for _, s in pairs:
+                if s in m:
+                    m.touch(s)
+            out += [(index[s], ev.name, second) for s, ev in m.poll(0)]
+        assert len(m) == 0
+    finally:
+        m.close()
+        for c, s in pairs:
+            c.close()
+            s.close()
+    return out
+
+
+def test_jitter_spreads_lifetime_and_requests_the_same_on_both_backends(listener):
+    """jitter spreads each connection's max_requests and max_lifetime within +-jitter,
+    drawn once per connection at add(): for a seeded source both backends report the
+    same events at the same times."""
+    from fastka import _backends
+
+    runs = []
+    for name in _backends.NAMES:
+        try:
+            runs.append(_jitter_run(_backends.load(name).KeepaliveManager, listener, seed=3))
+        except _backends.BackendUnavailable as exc:
+            pytest.skip(str(exc))
+    assert runs[0] == runs[1]
+    events = runs[0]
+    assert len(events) == 40 and len({i for i, _, _ in events}) == 40
+    by_requests = [second for _, ev, second in events if ev == "MAX_REQUESTS"]
+    by_lifetime = [second for _, ev, second in events if ev == "MAX_LIFETIME"]
+    # max_requests 20 +-30%: 14..26 touches (one a second); max_lifetime 30 s +-30%: 21..39 s
+    assert by_requests and all(14 <= s <= 26 for s in by_requests)
+    assert all(21 <= s <= 39 for s in by_lifetime)
+    assert len(set(by_requests)) > 3  # spread, not all at once
+
+
+def test_jitter_zero_and_idle_timeout_never_spread(mgr_factory, listener):
+    """jitter=0 (the default) draws nothing; idle_timeout is never spread."""
+    calls = []
+
+    def source():
+        calls.append(1)
+        return 0.999
+
+    clock = _Clock()
+    m = mgr_factory(2.0, jitter=0.5, _random=source, close=False)
+    m._set_clock(clock)
+    pairs = [pair(listener) for _ in range(3)]
+    try:
+        for _, s in pairs:
+            m.add(s)
+        assert calls == []  # no limit to spread: no draw
+        clock.t += 2.002
+        assert sorted(ev.name for _, ev in m.poll(0)) == ["IDLE"] * 3
+        m2 = mgr_factory(None, max_requests=1, max_lifetime=5.0, jitter=0.5, _random=source, close=False)
+        m2._set_clock(clock)
+        m2.add(pairs[0][1])
+        assert len(calls) == 2  # one draw per limit
+        m2.touch(pairs[0][1])  # 1 * 1.4995 rounds to 1: at least 1, and never 0
+        assert m2.poll(0) == [(pairs[0][1], Event.MAX_REQUESTS)]
+        m3 = mgr_factory(None, max_requests=3, jitter=0.0, _random=source, close=False)
+        m3.add(pairs[1][1])
+        assert len(calls) == 2
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()
+
+
+@pytest.mark.parametrize(
+    "jitter, exc",
+    [(0.51, ValueError), (-0.1, ValueError), (float("nan"), ValueError), (1, ValueError), ("0.1", TypeError), (True, TypeError), (None, TypeError)],
+)
+def test_jitter_bad_values(backend, jitter, exc):
+    with pytest.raises(exc, match="jitter") as info:
+        backend.KeepaliveManager(jitter=jitter)
+    if exc is ValueError:
+        assert repr(jitter) in str(info.value) and "0.5" in str(info.value)
+
+
+def test_jitter_clamps_to_the_largest_limits(mgr_factory, listener):
+    """A spread above the largest max_lifetime / max_requests is clamped, never an error."""
+    from fastka import _manager
+
+    m = mgr_factory(None, max_lifetime=_manager.MAX_TIMEOUT, max_requests=_manager.MAX_REQUESTS, jitter=0.5,
+                    _random=lambda: 0.999999, close=False)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        assert 0 < m.next_deadline() <= _manager.MAX_TIMEOUT + 0.002
+        m.remove(s)
+    finally:
+        c.close()
+        s.close()
+
+
+def test_signature_and_docstring_are_the_shared_ones(backend):
+    """inspect.signature() and help() show the real constructor and its docstring on both
+    backends, from the one place both take them (fastka._manager.settings)."""
+    import inspect
+    import pydoc
+
+    from fastka import _manager
+
+    cls = backend.KeepaliveManager
+    sig = inspect.signature(cls)
+    assert list(sig.parameters) == ["idle_timeout", "max_requests", "max_lifetime", "keepalive", "close",
+                                    "watch_readable", "jitter"]
+    assert sig.parameters["idle_timeout"].default == 75.0 and sig.parameters["jitter"].default == 0.0
+    assert sig == _manager.SIGNATURE and cls.__doc__ == _manager.DOC
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    assert "KeepaliveManager(idle_timeout" in text and "jitter" in text and "Track many keep-alive" in text
+    assert "see fastka/_manager_py.py" not in text and "*args, **kwargs)\n |  \n |  Track" not in text
+
+
+def test_public_stub_matches_the_signature():
+    """fastka/__init__.pyi declares the constructor as fastka._manager.settings has it."""
+    import ast
+    import inspect
+
+    from repo import ROOT
+
+    from fastka import _manager
+
+    with open(os.path.join(ROOT, "fastka", "__init__.pyi")) as f:
+        tree = ast.parse(f.read())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KeepaliveManager")
+    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    stub = [(a.arg, "positional") for a in init.args.args[1:]] + [(a.arg, "keyword") for a in init.args.kwonlyargs]
+    kinds = {inspect.Parameter.POSITIONAL_OR_KEYWORD: "positional", inspect.Parameter.KEYWORD_ONLY: "keyword"}
+    assert stub == [(p.name, kinds[p.kind]) for p in _manager.SIGNATURE.parameters.values()]

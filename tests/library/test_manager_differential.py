@@ -2,6 +2,7 @@
 same random sequence of operations on real loopback connections, report the same events."""
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import time
@@ -16,6 +17,7 @@ from fastka import _manager_py
 _manager_c = pytest.importorskip("fastka._manager_c", reason="the compiled manager is not built")
 
 SLOTS = 4
+SEED = 20  # the jitter source of both twins: the same draws in the same add order
 
 
 class Clock:
@@ -63,9 +65,9 @@ class ManagerDiff(RuleBasedStateMachine):
         super().__init__()
         self.clock = Clock()
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        kw = dict(idle_timeout=10, max_requests=3, max_lifetime=25)
-        self.twins = [Twin(_manager_c.KeepaliveManager, self.listener, self.clock, **kw),
-                      Twin(_manager_py.KeepaliveManager, self.listener, self.clock, **kw)]
+        kw = dict(idle_timeout=10, max_requests=3, max_lifetime=25, jitter=0.4)  # limits of 2..4, 15..35
+        self.twins = [Twin(cls, self.listener, self.clock, _random=random.Random(SEED).random, **kw)
+                      for cls in (_manager_c.KeepaliveManager, _manager_py.KeepaliveManager)]
         self.added = set()
 
     def teardown(self) -> None:

@@ -468,7 +468,7 @@ def test_transport_sockets_under_event_loops(loops_warmed, backend, new_loop):
         loop.close()
 
 
-def test_keepalive_on_a_udp_socket_same_error_on_both_backends():
+def test_keepalive_on_a_unix_socket_same_error_on_both_backends():
     """The manager applies keepalive through set_keepalive's plan on both backends, so a
     socket that refuses it fails with the same error, naming the same option."""
     from fastka import _backends
@@ -480,7 +480,7 @@ def test_keepalive_on_a_udp_socket_same_error_on_both_backends():
         except _backends.BackendUnavailable as exc:
             pytest.skip(str(exc))
         m = backend.KeepaliveManager(None, keepalive=KeepaliveConfig(user_timeout=2.007))
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u, other = socket.socketpair()  # a stream socket that refuses TCP options
         try:
             with pytest.raises(OSError) as info:
                 m.add(u)
@@ -491,6 +491,7 @@ def test_keepalive_on_a_udp_socket_same_error_on_both_backends():
             assert len(m) == 0
         finally:
             u.close()
+            other.close()
             m.close()
     assert msgs[0] == msgs[1]
 
@@ -521,3 +522,157 @@ def test_closed_on_expiry_while_a_dup_lives(mgr_factory, listener):
         for s in (c1, s1, c2, s2, dup):
             if s is not None:
                 s.close()
+
+
+def test_half_closed_with_unread_data_does_not_spin(mgr_factory, listener):
+    """watch_readable=False: the peer sent data and FIN, nobody reads, and our side
+    half-closes. Both directions are shut, so epoll reports a hang-up it cannot mute: the
+    manager must not wake for it again and again (it re-checks on the drain timer)."""
+    m = mgr_factory(None, watch_readable=False, close=False)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        c.sendall(b"unread")
+        c.shutdown(socket.SHUT_WR)
+        assert m.poll(0.2) == []  # the FIN is seen: the connection waits for its reader
+        s.shutdown(socket.SHUT_WR)
+        t0 = time.process_time()
+        assert m.poll(1.0) == []
+        assert time.process_time() - t0 < 0.3  # a spin costs ~1 s of CPU here
+        wakes = 0  # nested in a selector: the event-source fd stays quiet too
+        with selectors.DefaultSelector() as sel:
+            sel.register(m.fileno(), selectors.EVENT_READ)
+            t0 = time.process_time()
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                if sel.select(end - time.monotonic()):
+                    wakes += 1
+                    assert m.poll(0) == []
+        assert time.process_time() - t0 < 0.3 and wakes < 100
+        assert s.recv(100) == b"unread"  # the reader comes: the FIN is reported
+        assert m.poll(2.0) == [(s, Event.PEER_CLOSED)]
+    finally:
+        c.close()
+        s.close()
+
+
+def test_reset_while_waiting_for_the_reader_is_reported(mgr_factory, listener):
+    """A connection waiting for its reader (FIN behind unread data, out of the epoll set)
+    still reports a reset from its peer, on the drain timer."""
+    m = mgr_factory(None, watch_readable=False, close=False)
+    c, s = pair(listener)
+    try:
+        m.add(s)
+        c.sendall(b"unread")
+        c.shutdown(socket.SHUT_WR)
+        assert m.poll(0.2) == []
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # with linger 0: an RST
+        assert m.poll(2.0) == [(s, Event.RESET)]
+    finally:
+        c.close()
+        s.close()
+
+
+
+def test_add_again_after_a_close_that_left_the_fd_open(mgr_factory, listener):
+    """An IDLE close() while a makefile() holds the socket leaves its fd open: the socket
+    can be added again, and is tracked as new."""
+    m = mgr_factory(0.05)
+    c, s = pair(listener)
+    f = s.makefile("rb")
+    try:
+        m.add(s)
+        time.sleep(0.1)
+        assert m.poll(1.0) == [(s, Event.IDLE)]
+        assert s.fileno() >= 0  # close() was deferred by the open file
+        m.add(s)
+        assert s in m and len(m) == 1
+        c.sendall(b"x")
+        assert m.poll(1.0) == [(s, Event.READABLE)]
+        m.remove(s)
+    finally:
+        f.close()
+        c.close()
+        s.close()
+
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_SEQPACKET])
+def test_add_refuses_a_socket_that_is_not_a_stream(mgr_factory, kind):
+    """A datagram (or seqpacket) socket has no connection to keep alive and no FIN to
+    report: add() refuses it as the reaper does, as a socket or as its int fd."""
+    m = mgr_factory(None, close=False)
+    family = socket.AF_INET if kind == socket.SOCK_DGRAM else socket.AF_UNIX
+    u = socket.socket(family, kind)
+    try:
+        for arg in (u, u.fileno()):
+            with pytest.raises(TypeError, match="stream"):
+                m.add(arg)
+        assert len(m) == 0
+    finally:
+        u.close()
+
+
+@pytest.mark.parametrize("field", ["idle_timeout", "max_lifetime"])
+def test_longest_timeouts_never_overflow_the_wait(mgr_factory, tcp_pair, field):
+    """The largest timeouts (1e9 s) wait in slices the poller accepts."""
+    c, s = tcp_pair
+    m = mgr_factory(**{field: 1e9}) if field == "max_lifetime" else mgr_factory(1e9)
+    m.add(s)
+    assert m.poll(0.05) == []
+    assert 0 < m.next_deadline() <= 1e9
+    c.sendall(b"x")
+    assert m.poll(1.0) == [(s, Event.READABLE)]
+    m.remove(s)
+
+
+class ReplacesOther:
+    """An object whose close() removes another tracked connection, closes it, and adds a
+    new socket that gets the freed fd number: the manager's own view of that number
+    changes in the middle of a poll."""
+
+    def __init__(self, sock, mgr, other):
+        self.sock, self.mgr, self.other = sock, mgr, other
+        self.new = []
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def close(self):
+        fd = self.other.fileno()
+        self.mgr.remove(self.other)
+        self.other.close()
+        a, b = socket.socketpair()
+        self.new += [a, b]
+        if a.fileno() == fd:
+            self.mgr.add(a)
+        self.sock.close()
+
+
+def test_a_number_reused_mid_poll_is_not_taken_for_the_old_connection(mgr_factory, listener):
+    """A draining connection (FIN behind unread data) is replaced mid-poll by a new socket
+    under the same number: the new one gets none of the old one's re-check (a quiet new
+    socket is neither PEER_CLOSED nor muted)."""
+    m = mgr_factory(None, max_requests=1, watch_readable=False)
+    c1, s1 = pair(listener)
+    c2, s2 = pair(listener)
+    a = None
+    try:
+        m.add(s2)
+        c2.sendall(b"unread")
+        c2.shutdown(socket.SHUT_WR)
+        assert m.poll(0.3) == []  # s2 now waits for its reader, out of the epoll set
+        a = ReplacesOther(s1, m, s2)
+        m.add(a)
+        m.touch(a)
+        assert m.poll(0.3) == [(a, Event.MAX_REQUESTS)]
+        new = [s for s in a.new if s in m]
+        assert len(new) == 1 and len(m) == 1
+        assert m.poll(0.3) == []  # quiet: nothing to report
+        other = a.new[1]
+        other.close()  # its peer closes now: reported, so it is watched
+        assert m.poll(2.0) == [(new[0], Event.PEER_CLOSED)]
+    finally:
+        for s in (c1, s1, c2, s2) + tuple(a.new if a else ()):
+            s.close()

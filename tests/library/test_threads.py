@@ -304,3 +304,120 @@ def test_close_racing_add_touch_and_poll(backend, listener):
         _close_all(pairs)
     assert not errors, errors[:3]
     assert not any(t.is_alive() for t in threads), "a thread hung"
+
+
+class _PooledConn:
+    """A pool's connection: its close() or fileno() takes the pool's lock, as a pool that
+    keeps its bookkeeping under one lock does."""
+
+    def __init__(self, sock, pool_lock, entered, locked_method):
+        self.sock = sock
+        self.pool_lock = pool_lock
+        self.entered = entered
+        self.locked_method = locked_method
+        self.armed = False  # lock only once the test has taken the pool lock
+
+    def fileno(self):
+        if self.armed and self.locked_method == "fileno":
+            self.entered.set()
+            with self.pool_lock:
+                pass
+        return self.sock.fileno()
+
+    def close(self):
+        if self.armed and self.locked_method == "close":
+            self.entered.set()
+            with self.pool_lock:
+                pass
+        self.sock.close()
+
+
+@pytest.mark.parametrize("locked_method", ["close", "fileno"])
+def test_user_code_in_poll_never_deadlocks_with_add(backend, listener, locked_method):
+    """poll() drops an idle connection whose close() (or fileno()) waits for the pool's
+    lock, while the thread holding that lock calls add(): the manager must not hold its
+    own lock around the user's code, or both threads wait for ever."""
+    m = backend.KeepaliveManager(0.05)
+    pool_lock = threading.Lock()
+    entered = threading.Event()
+    (c1, s1), (c2, s2) = _pairs(listener, 2)
+    conn = _PooledConn(s1, pool_lock, entered, locked_method)
+    added = []
+
+    def poller():
+        m.poll(5.0)
+
+    def pool_thread():
+        with pool_lock:
+            conn.armed = True
+            entered.wait(5.0)
+            time.sleep(0.05)  # the poller is now blocked on the pool lock inside the manager's call
+            m.add(s2)
+            added.append(s2)
+
+    try:
+        m.add(conn)
+        threads = [threading.Thread(target=poller, daemon=True), threading.Thread(target=pool_thread, daemon=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10.0)
+        assert not any(t.is_alive() for t in threads), "deadlock: poll() held the manager's lock around user code"
+        assert entered.is_set() and added == [s2]
+        m.close()
+    finally:
+        _close_all([(c1, s1), (c2, s2)])
+
+
+def _alarm_threads():
+    return sum(1 for t in threading.enumerate() if t.name.startswith("fastka-"))
+
+
+def test_no_thread_outlives_a_dropped_manager(backend, listener):
+    """Managers dropped without close() leave no thread behind (the fallback's alarm)."""
+    import gc
+
+    before = _alarm_threads()
+    pairs = _pairs(listener, 20)
+    try:
+        for i in range(200):
+            m = backend.KeepaliveManager(60.0, close=False)
+            m.add(pairs[i % 20][1])  # a deadline: the fallback starts its alarm
+            del m
+        gc.collect()
+        deadline = time.monotonic() + 5.0
+        while _alarm_threads() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _alarm_threads() == before
+    finally:
+        _close_all(pairs)
+
+
+def test_deadline_wakes_fileno_in_a_forked_child(backend, listener):
+    """A manager made before fork() keeps working in the child: its fileno() becomes
+    readable when a deadline passes (the fallback's alarm thread did not survive fork)."""
+    import os
+    import select
+
+    m = backend.KeepaliveManager(0.05)
+    (c1, s1), (c2, s2) = _pairs(listener, 2)
+    try:
+        m.add(s1)
+        assert m.poll(2.0) == [(s1, Event.IDLE)]  # the alarm has run once
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 when the deadline rang fileno()
+            code = 1
+            try:
+                m.add(s2)
+                end = time.monotonic() + 3.0  # an event source: wait on fileno(), then poll(0)
+                while time.monotonic() < end:
+                    if select.select([m.fileno()], [], [], end - time.monotonic())[0] and m.poll(0):
+                        code = 0 if s2.fileno() == -1 else 2  # closed as IDLE
+                        break
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        m.close()
+        _close_all([(c1, s1), (c2, s2)])

@@ -41,10 +41,10 @@ def request_of(name: str) -> bytes:
     return b"hi\n" if name == "aio_streams" else b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
-async def ask(name: str, reader, writer) -> None:
-    """One request and its whole response."""
+async def ask(name: str, reader, writer) -> bytes:
+    """One request and its whole response; the response's head."""
     writer.write(request_of(name))
-    await ask_reply(name, reader)
+    return await ask_reply(name, reader)
 
 
 async def answers(name: str, reader) -> int:
@@ -59,18 +59,30 @@ async def answers(name: str, reader) -> int:
         n += 1
 
 
-async def ask_reply(name: str, reader) -> None:
-    """Read one whole response; IncompleteReadError at EOF."""
+async def ask_reply(name: str, reader) -> bytes:
+    """Read one whole response; its head (b"" for a line); IncompleteReadError at EOF."""
     if name == "aio_streams":
         line = await reader.readline()
         if not line:
             raise asyncio.IncompleteReadError(b"", None)
         assert line == b"hi\n"
-        return
+        return b""
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
     assert await reader.readexactly(length) == b"hello\n"
+    return head
+
+
+def closes_itself(name: str) -> bool:
+    """The uvicorn recipe leaves max_requests to uvicorn's protocol (the last response says
+    Connection: close) and idle closes to uvicorn's timer, and reaps at max_lifetime; the
+    others reap at MAX_REQUESTS and IDLE."""
+    return name == "aio_uvicorn"
+
+
+def says_close(head: bytes) -> bool:
+    return re.search(rb"(?i)\r\nconnection: *close\r\n", head) is not None
 
 
 @pytest.fixture
@@ -109,9 +121,9 @@ async def started(name: str, recipe, on_event, want):
 
 
 async def started_uvicorn(recipe, on_event):
-    reaper = recipe.make_reaper(IDLE, MAX_REQUESTS, on_event)
+    reaper = recipe.make_reaper(on_event)
     await reaper.__aenter__()
-    server = recipe.server(recipe.hello, reaper, port=0)
+    server = recipe.server(recipe.hello, reaper, port=0, idle_timeout=IDLE, max_requests=MAX_REQUESTS)
     task = asyncio.ensure_future(server.serve())
     while not server.started:
         assert not task.done(), task.exception()
@@ -138,8 +150,7 @@ def test_recipe_limits_requests_closes_idle_and_configures_keepalive(name, loop_
         try:
             # max_requests: the third answer arrives, then the FIN (EOF, not a reset)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            for _ in range(MAX_REQUESTS):
-                await ask(name, reader, writer)
+            heads = [await ask(name, reader, writer) for _ in range(MAX_REQUESTS)]
             answered = time.monotonic()
             assert await asyncio.wait_for(reader.read(100), 5) == b""
             fin_after = time.monotonic() - answered
@@ -153,12 +164,16 @@ def test_recipe_limits_requests_closes_idle_and_configures_keepalive(name, loop_
             writer.close()
         finally:
             await stop()
-        return fin_after, idle_after
+        return fin_after, idle_after, heads
 
-    fin_after, idle_after = run(loop_kind, main)
+    fin_after, idle_after, heads = run(loop_kind, main)
     assert fin_after <= 0.05, f"FIN {fin_after * 1000:.1f} ms after the last allowed response"
     assert IDLE - CLOCK_GRAIN <= idle_after <= IDLE + 0.5
-    assert [e for e, _ in seen] == [Event.MAX_REQUESTS, Event.IDLE]
+    if closes_itself(name):
+        assert [says_close(h) for h in heads] == [False] * (MAX_REQUESTS - 1) + [True]
+        assert seen == []  # both closes were uvicorn's
+    else:
+        assert [e for e, _ in seen] == [Event.MAX_REQUESTS, Event.IDLE]
     want = recipe.KEEPALIVE
     for _, state in seen:
         assert (state.enabled, state.idle, state.interval, state.count) == (True, want.idle, want.interval, want.count)
@@ -184,9 +199,52 @@ def test_recipe_answers_pipelined_requests_up_to_the_limit_then_fin(name, loop_k
 
     with caplog.at_level(logging.ERROR):
         n = run(loop_kind, main)
-    assert MAX_REQUESTS <= n <= MAX_REQUESTS + 2
-    assert events == [Event.MAX_REQUESTS]
+    if closes_itself(name):
+        assert n == MAX_REQUESTS and events == []
+    else:
+        assert MAX_REQUESTS <= n <= MAX_REQUESTS + 2
+        assert events == [Event.MAX_REQUESTS]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_uvicorn_recipe_closes_a_busy_connection_at_max_lifetime_and_sets_keepalive(loop_kind, on_backend):
+    recipe = load("aio_uvicorn")
+    seen = []
+
+    def on_event(transport, event):
+        seen.append((event, fastka.get_keepalive(transport.get_extra_info("socket"))))
+
+    async def main():
+        reaper = recipe.make_reaper(on_event, max_lifetime=0.5)
+        async with reaper:
+            assert type(reaper._mgr) is on_backend.KeepaliveManager
+            server = recipe.server(recipe.hello, reaper, port=0, idle_timeout=5.0, max_requests=None)
+            task = asyncio.ensure_future(server.serve())
+            while not server.started:
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.01)
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.servers[0].sockets[0].getsockname()[1])
+                born = time.monotonic()
+                heads = []
+                try:
+                    while True:
+                        heads.append(await ask("aio_uvicorn", reader, writer))
+                        await asyncio.sleep(0.05)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    pass  # the reaper's FIN (or a request that crossed it: a reset)
+                lived = time.monotonic() - born
+                writer.close()
+            finally:
+                server.should_exit = True
+                await task
+        return lived, heads
+
+    lived, heads = run(loop_kind, main)
+    assert 0.5 * (1 - 0.1) - CLOCK_GRAIN <= lived <= 1.5  # max_lifetime 0.5 s spread by the recipe's jitter (0.1)
+    assert len(heads) >= 3 and not any(says_close(h) for h in heads)
+    want = recipe.KEEPALIVE
+    assert [(e, (s.enabled, s.idle, s.interval, s.count)) for e, s in seen] == [(Event.MAX_LIFETIME, (True, want.idle, want.interval, want.count))]
 
 
 def test_streams_recipe_closes_the_connection_when_add_fails(loop_kind, on_backend):
@@ -223,6 +281,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_without_a_port_prints_usage(name):
+    load(name)
+    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, f"{name}.py")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.startswith("usage: ") and "PORT" in done.stderr
+
+
+def test_uvicorn_recipe_runs_on_the_loop_uvicorn_picks():
+    """uvloop when it is installed, as uvicorn alone would."""
+    recipe = load("aio_uvicorn")
+    pytest.importorskip("uvloop")
+    import uvloop
+
+    seen = []
+
+    async def fake_main(port):
+        seen.append(type(asyncio.get_running_loop()))
+
+    recipe.main = fake_main
+    recipe.run(0)
+    assert seen == [uvloop.Loop]
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -1,0 +1,247 @@
+"""uvicorn alone against uvicorn with the fastka.aio recipe (docs/examples/aio_uvicorn.py).
+
+    python benchmarks/aio_uvicorn_bench.py [--rounds 3] [--duration 5] [--idle 5000]
+
+Both servers run the same one-line ASGI app, one process each, on the loop uvicorn picks
+(uvloop when installed), with the same idle timeout (``--timeout`` seconds, uvicorn's
+``timeout_keep_alive`` in both: the recipe leaves idle closes to uvicorn and adds its
+reaper for lifetime, keepalive and dead peers):
+
+* throughput: ``wrk -t1 -c100 -d{duration}s`` against each server in turn, ``--rounds``
+  interleaved rounds; the figure is the median of the per-round ratios (recipe / uvicorn)
+  with their range, never a ratio of separately taken medians; also the server's CPU time
+  per request (from /proc, less sensitive to other load on the machine than req/s), as
+  the same paired ratio. Once more with the recipe's
+  ``max_requests=100``: wrk's read errors show whether the last response said
+  ``Connection: close``;
+* expiry: ``--idle`` connections send one request each and then stay silent; measured per
+  server: CPU time the server spends on them (accept, answer, idle close), FIN lateness
+  (client-side receive time of each EOF minus the request's answer time minus the
+  timeout: p50/p99/max, one epoll reader that stamps each answer as it arrives, so a
+  negative figure is a FIN sent early or an answer stamped late), and the server's
+  resident memory with all of them open.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "docs", "examples"))
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+KINDS = ("uvicorn", "recipe")
+
+
+def serve(kind: str, port: int, timeout: float, max_requests: Optional[int]) -> None:
+    """The server process: uvicorn alone, or uvicorn with the recipe."""
+    import asyncio
+
+    import uvicorn
+
+    import aio_uvicorn as recipe  # type: ignore[import-not-found]  # docs/examples, put on sys.path above
+
+    if kind == "uvicorn":
+        config = uvicorn.Config(recipe.hello, host="127.0.0.1", port=port, lifespan="off", log_level="warning", timeout_keep_alive=int(timeout), backlog=8192)
+        uvicorn.Server(config).run()
+        return
+
+    async def main() -> None:
+        async with recipe.make_reaper() as reaper:
+            server = recipe.server(recipe.hello, reaper, port=port, idle_timeout=timeout, max_requests=max_requests)
+            server.config.backlog = 8192
+            await server.serve()
+
+    factory = uvicorn.Config(recipe.hello).get_loop_factory()
+    loop = factory() if factory is not None else asyncio.new_event_loop()
+    loop.run_until_complete(main())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subprocess.Popen[bytes], int]:
+    """Start a server on a free port (a few tries: another process may take the port
+    between the probe and the server's bind)."""
+    for _ in range(5):
+        try:
+            return start_once(kind, timeout, max_requests)
+        except RuntimeError:
+            continue
+    raise RuntimeError(f"the {kind} server did not start in 5 tries")
+
+
+def start_once(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    args = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port), "--timeout", str(timeout)]
+    if max_requests is not None:
+        args += ["--max-requests", str(max_requests)]
+    proc = subprocess.Popen(args)
+    end = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return proc, port
+        except ConnectionRefusedError:
+            if proc.poll() is not None or time.monotonic() > end:
+                stop(proc)
+                raise RuntimeError(f"the {kind} server did not start")
+            time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wrk(proc: subprocess.Popen[bytes], port: int, duration: float) -> Tuple[float, int, float]:
+    """(requests per second, read errors, server CPU microseconds per request) of one wrk run."""
+    cpu = cpu_seconds(proc.pid)
+    out = subprocess.run(["wrk", "-t1", "-c100", f"-d{duration:g}s", f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(proc.pid) - cpu
+    rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"read (\d+)", out)
+    return rps, int(errors.group(1)) if errors else 0, cpu / done * 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def expiry(proc: subprocess.Popen[bytes], port: int, n: int, timeout: float) -> Dict[str, float]:
+    """n connections, one request each, then silence until the server closes them all.
+    The server's CPU time covers the whole of it (accept, answer, idle close); the
+    resident memory is read once every connection has its answer."""
+    socks: List[socket.socket] = []
+    answered: Dict[int, float] = {}
+    lateness: List[float] = []
+    rss = 0
+    base_rss = rss_kib(proc.pid)
+    cpu0 = cpu_seconds(proc.pid)
+    ep = select.epoll()
+    pending: Dict[int, socket.socket] = {}
+    got: Dict[int, bytes] = {}
+
+    def collect(wait: float) -> None:
+        """Read what arrived: each answer and each EOF is timestamped as soon as it is seen."""
+        for fd, _ in ep.poll(wait):
+            now = time.monotonic()
+            data = pending[fd].recv(4096)
+            if not data:
+                lateness.append(now - answered[fd] - timeout)
+                ep.unregister(fd)
+                continue
+            got[fd] = got.get(fd, b"") + data
+            if got[fd].endswith(b"hello\n") and fd not in answered:
+                answered[fd] = now
+
+    for _ in range(n):  # connect and ask, reading as things come (not all at the end)
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(REQUEST)
+        socks.append(s)
+        pending[s.fileno()] = s
+        ep.register(s.fileno(), select.EPOLLIN)
+        collect(0)
+    deadline = time.monotonic() + timeout + 30
+    while len(lateness) < n and time.monotonic() < deadline:
+        if not rss and len(answered) == n:
+            rss = rss_kib(proc.pid) - base_rss
+        collect(0.5)
+    cpu = cpu_seconds(proc.pid) - cpu0
+    for s in socks:
+        s.close()
+    ep.close()
+    lateness.sort()
+    return {
+        "cpu": cpu,
+        "rss_per_conn": rss * 1024 / n,
+        "closed": len(lateness),
+        "p50": lateness[len(lateness) // 2] if lateness else float("nan"),
+        "p99": lateness[int(len(lateness) * 0.99) - 1] if lateness else float("nan"),
+        "max": lateness[-1] if lateness else float("nan"),
+    }
+
+
+def ratio_line(ratios: List[float]) -> str:
+    return f"median {statistics.median(ratios):.3f}x (range {min(ratios):.3f}-{max(ratios):.3f}; rounds: {', '.join(f'{r:.3f}' for r in ratios)})"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="paired throughput rounds (0: skip)")
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--idle", type=int, default=5000, help="connections for the expiry figures (0: skip)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="the idle timeout of both servers, seconds")
+    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--max-requests", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.serve:
+        serve(args.serve, args.port, args.timeout, args.max_requests)
+        return 0
+    import fastka
+
+    print(f"fastka backend {fastka.IMPLEMENTATION}, timeout {args.timeout:g} s, wrk -t1 -c100 -d{args.duration:g}s, {args.rounds} interleaved rounds")
+    servers: Dict[str, Tuple[subprocess.Popen[bytes], int]] = {}
+    try:
+        for name, kind, limit in (("uvicorn", "uvicorn", None), ("recipe", "recipe", None), ("recipe100", "recipe", 100)):
+            servers[name] = start(kind, args.timeout, limit)
+        ratios: Dict[str, List[float]] = {"recipe": [], "recipe100": []}
+        cost: Dict[str, List[float]] = {"recipe": [], "recipe100": []}
+        for r in range(args.rounds):
+            order = list(servers) if r % 2 == 0 else list(reversed(servers))  # no server always first
+            figures = {name: wrk(*servers[name], args.duration) for name in order}
+            line = ", ".join(f"{name} {rps:.0f} req/s ({err} read errors, {us:.0f} us CPU/req)" for name, (rps, err, us) in sorted(figures.items()))
+            print(f"round {r + 1}: {line}", flush=True)
+            for name in ratios:
+                ratios[name].append(figures[name][0] / figures["uvicorn"][0])
+                cost[name].append(figures[name][2] / figures["uvicorn"][2])
+        if args.rounds:
+            print(f"req/s, recipe / uvicorn:                          {ratio_line(ratios['recipe'])}")
+            print(f"req/s, recipe max_requests=100 / uvicorn:         {ratio_line(ratios['recipe100'])}")
+            print(f"server CPU per request, recipe / uvicorn:         {ratio_line(cost['recipe'])}")
+            print(f"server CPU per request, recipe max_requests=100 / uvicorn: {ratio_line(cost['recipe100'])}")
+        if args.idle:
+            for name in ("uvicorn", "recipe"):
+                proc, port = servers[name]
+                e = expiry(proc, port, args.idle, args.timeout)
+                print(f"{name:8} {args.idle} idle connections: closed {e['closed']:.0f}, server CPU {e['cpu']:.2f} s, "
+                      f"RSS {e['rss_per_conn']:.0f} B per connection, FIN lateness p50 {e['p50'] * 1000:.1f} ms p99 {e['p99'] * 1000:.1f} ms max {e['max'] * 1000:.1f} ms", flush=True)
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
