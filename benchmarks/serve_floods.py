@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from serve_100k import rss_kib  # noqa: E402  (this folder is sys.path[0] when run as a script)
+from procs import rss_kib  # noqa: E402  (this folder is sys.path[0] when run as a script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQ = b"GET / HTTP/1.1\r\nHost: flood\r\n\r\n"
