@@ -63,6 +63,7 @@ PER_WORKER = 17_000
 IN_FLIGHT = 256  # connections per client process connecting or awaiting their answer at once
 LATE_GRACE = 5.0  # seconds past the timeout a client waits for FINs before counting "never"
 KIB_PER_CONNECTION = 12  # memory both ends of one idle loopback connection may take, KiB (bound)
+MIB_PER_PROCESS = 30  # an idle interpreter or nginx worker, MiB (bound)
 
 
 def source_address(k: int) -> str:
@@ -296,7 +297,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, help=f"server workers (default: one per {PER_WORKER:,} connections)")
     ap.add_argument("--timeout", type=float,
-                    help="keep-alive timeout, s (default: idle seconds + 30 + 1 s per 5,000 connections)")
+                    help="keep-alive timeout, s (default: idle seconds + 30 + 1 s per 2,500 connections, the time to open them here)")
     ap.add_argument("--idle-seconds", type=float, default=30.0)
     ap.add_argument("--sources", type=int, help="client source addresses (default: one per 10,000 connections, >= 8)")
     ap.add_argument("--per-client", type=int, default=16_000, help="connections per client process")
@@ -310,7 +311,7 @@ def main() -> int:
     workers = args.workers or math.ceil(n / PER_WORKER)
     args.sources = args.sources or max(8, math.ceil(n / 10_000))
     if args.timeout is None:
-        args.timeout = args.idle_seconds + 30 + n / 5000
+        args.timeout = args.idle_seconds + 30 + n / 2500
     hard = raise_nofile()
     for name in ("fs.file-max", "fs.nr_open", "net.ipv4.ip_local_port_range", "net.core.somaxconn",
                  "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_orphans"):
@@ -327,7 +328,7 @@ def main() -> int:
         in_use, _, file_max = map(int, f.read().split())
     if in_use + 2 * n + 10_000 > file_max:
         ap.error(f"fs.file-max {file_max} with {in_use} files open cannot hold {n:,} connections (both ends)")
-    need_mib = n * KIB_PER_CONNECTION / 1024 + 60 * (workers + clients)
+    need_mib = n * KIB_PER_CONNECTION / 1024 + MIB_PER_PROCESS * (workers + clients)
     if meminfo_kib("MemAvailable") / 1024 < need_mib * 1.2:
         ap.error(f"{n:,} connections may need {need_mib:,.0f} MiB; MemAvailable is {meminfo_kib('MemAvailable') / 1024:,.0f} MiB")
     servers: list = []
@@ -345,6 +346,7 @@ def main() -> int:
         except Refused as exc:
             print(f"nginx: skipped ({exc})")
     deadline = time.monotonic() + args.max_minutes * 60
+    load_start = os.getloadavg()[0]
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     old = raise_sysctls({"net.ipv4.tcp_max_syn_backlog": 65536, "net.ipv4.tcp_max_orphans": 2 * n})
     rows = []
@@ -383,7 +385,8 @@ def main() -> int:
     ]
     print()
     print(f"{time.strftime('%Y-%m-%d', time.gmtime())}: {n:,} idle keep-alive connections, loopback, {per_worker} each,"
-          f" {os.cpu_count()} CPUs ({cpu_model()}), {meminfo_kib('MemTotal') / 1048576:.1f} GiB")
+          f" {os.cpu_count()} CPUs ({cpu_model()}), {meminfo_kib('MemTotal') / 1048576:.1f} GiB;"
+          f" load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print(f"command: python benchmarks/serve_1m.py --connections {n} --idle-seconds {args.idle_seconds:g}"
           f" --timeout {args.timeout:g}" + (f" --workers {args.workers}" if args.workers else ""))
     if stopped:
