@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import errno
 import math
 import multiprocessing
 import os
@@ -76,7 +77,7 @@ def source_address(k: int) -> str:
 
 def client(port: int, n: int, sources: List[str], first: int, timeout: float, pipe) -> None:
     """Open ``n`` connections (one GET each, answer read) from ``sources`` (round robin
-    from index ``first``), report ("open", answered, failed), then wait for the server's
+    from index ``first``), report ("open", answered, {why failed: count}), then wait for the server's
     FINs until the last answer + ``timeout`` + LATE_GRACE; report ("done", lateness
     array in seconds, never closed, resets)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run
@@ -110,15 +111,14 @@ def client(port: int, n: int, sources: List[str], first: int, timeout: float, pi
     reader.start()
     ep = select.epoll()
     pending: Dict[int, list] = {}  # fd -> [index, socket, bytes read so far or None while connecting]
-    failed = 0
+    failed: Dict[str, int] = {}
 
-    def fail(fd: int) -> None:
-        nonlocal failed
+    def fail(fd: int, why: str) -> None:
         idx, s, _ = pending.pop(fd)
         ep.unregister(fd)
         s.close()
         socks[idx] = None
-        failed += 1
+        failed[why] = failed.get(why, 0) + 1
 
     def handle(events) -> None:
         for fd, ev in events:
@@ -126,12 +126,13 @@ def client(port: int, n: int, sources: List[str], first: int, timeout: float, pi
             idx, s, got = entry
             if got is None:
                 if ev & (select.EPOLLERR | select.EPOLLHUP):
-                    fail(fd)
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    fail(fd, f"connect: {errno.errorcode.get(err, err)}")
                     continue
                 try:
                     s.send(REQ)
-                except OSError:
-                    fail(fd)
+                except OSError as exc:
+                    fail(fd, f"send: {errno.errorcode.get(exc.errno, exc.errno)}")
                     continue
                 entry[2] = b""
                 ep.modify(fd, select.EPOLLIN)
@@ -143,7 +144,7 @@ def client(port: int, n: int, sources: List[str], first: int, timeout: float, pi
             except OSError:
                 data = b""
             if not data:
-                fail(fd)
+                fail(fd, "closed before the answer")
                 continue
             if not got:
                 stamp = next((struct.unpack("qq", d[:16]) for lvl, t, d in anc
@@ -172,10 +173,11 @@ def client(port: int, n: int, sources: List[str], first: int, timeout: float, pi
             s.connect(("127.0.0.1", port))
         except BlockingIOError:
             pass
-        except OSError:
+        except OSError as exc:
             s.close()
             socks[i] = None
-            failed += 1
+            why = f"connect: {errno.errorcode.get(exc.errno, exc.errno)}"
+            failed[why] = failed.get(why, 0) + 1
             continue
         pending[s.fileno()] = [i, s, None]
         ep.register(s.fileno(), select.EPOLLOUT)
@@ -189,10 +191,8 @@ def client(port: int, n: int, sources: List[str], first: int, timeout: float, pi
         if not events:
             break  # nothing moved for a minute: the rest count as failed
         handle(events)
-    failed += len(pending)
     for fd in list(pending):
-        fail(fd)
-        failed -= 1
+        fail(fd, "no answer, nothing moved for 60 s")
     ok = [t for t in answered if not math.isnan(t)]
     pipe.send(("open", len(ok), failed))
     wait_until = (max(ok) if ok else time.time()) + timeout + LATE_GRACE
@@ -243,9 +243,13 @@ def run(server, args, deadline: float) -> dict:
             procs.append(p)
             pipes.append(a)
         opened = receive(pipes, "their connections", deadline)
-        out = {"opened": sum(m[1] for m in opened), "failed": sum(m[2] for m in opened),
+        failed: Dict[str, int] = {}
+        for m in opened:
+            for why, count in m[2].items():
+                failed[why] = failed.get(why, 0) + count
+        out = {"opened": sum(m[1] for m in opened), "failed": sum(failed.values()), "why": failed,
                "open_seconds": time.monotonic() - t0}
-        print(f"  {server.label}: {out['opened']:,} answered, {out['failed']:,} failed,"
+        print(f"  {server.label}: {out['opened']:,} answered, {out['failed']:,} failed{' ' + str(failed) if failed else ''},"
               f" in {out['open_seconds']:.1f} s", flush=True)
         time.sleep(2.0)
         pids = server.pids()
@@ -372,7 +376,8 @@ def main() -> int:
     per_worker = f"{workers} worker{'s' if workers > 1 else ''}"
     head = ["", *(label for label, _ in rows)]
     lines = [
-        ("connections answered", [f"{r['opened']:,}" + (f" ({r['failed']:,} failed)" if r["failed"] else "") for _, r in rows]),
+        ("connections answered", [f"{r['opened']:,}" + (f" ({r['failed']:,} failed: " + ", ".join(
+            f"{count:,} {why}" for why, count in sorted(r["why"].items())) + ")" if r["failed"] else "") for _, r in rows]),
         ("seconds to open them", [f"{r['open_seconds']:.0f} s" for _, r in rows]),
         ("server RSS, all processes", [f"{r['rss_kib'] / 1024:,.1f} MiB" for _, r in rows]),
         ("RSS per connection", [f"{r['rss_per_conn']:.0f} B" for _, r in rows]),
