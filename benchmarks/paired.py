@@ -23,7 +23,7 @@ class Ratio(NamedTuple):
     def __str__(self) -> str:
         if self.rounds == 0:
             return "-"
-        if self.rounds == 1:
+        if self.rounds == 1 or f"{self.low:.2f}" == f"{self.high:.2f}":
             return f"{self.median:.2f}×"
         return f"{self.median:.2f}× ({self.low:.2f}–{self.high:.2f})"
 
