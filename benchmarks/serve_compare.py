@@ -195,6 +195,8 @@ def main() -> int:
           f" {args.duration:g} s per run; one worker each; ratios: median of per-round ratios (range)")
     print(f"command: python benchmarks/serve_compare.py --rounds {args.rounds} --duration {args.duration:g}"
           f" --concurrency {args.concurrency} --idle {args.idle}")
+    for line in skipped:
+        print(f"NOT MEASURED: {line}")
     print()
     print(tables.rst(head, rows))
     print()
