@@ -1,8 +1,7 @@
-"""What the pytest-benchmark suites share beyond `fastka bench`: the sizes, the C floor of
-the system calls (floor.c, compiled now), and the memory a manager adds per connection.
-
-The connections (``Pool``) and the poll tick (``tick``) are those of `fastka bench`
-(fastka/cli/bench.py), so that both measure the same thing.
+"""What the pytest-benchmark suites share: the sizes and connections (from loopback.py),
+the keepalive config they apply, the poll tick, the C floor of the system calls (floor.c,
+compiled now), and the memory a manager adds per connection. Public API and the backend
+registry only: nothing here comes from the command line's code.
 
     python benchmarks/harness.py BACKEND N   # memory per managed connection, as JSON
 """
@@ -17,25 +16,36 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from typing import List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from fastka import _backends
-from fastka.cli import raise_fd_limit
-from fastka.cli.bench import CONFIG, Pool, default_sizes, tick
+from loopback import Pool, sizes
+from procs import raise_nofile
+
+from fastka import KeepaliveConfig, _backends
 
 __all__ = ["CONFIG", "SIZES", "Floor", "Pool", "measure_memory", "tick"]
 
 FLOOR_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
 
 
-def sizes() -> List[int]:
-    """1,000 / 5,000 / 10,000 and the most the open-file limit and the port range allow
-    (as for `fastka bench`; the peers live in a child process)."""
-    limit = max(default_sizes())
-    return sorted({*(n for n in (1000, 5000, 10000) if n <= limit), limit})
-
-
+CONFIG = KeepaliveConfig()
 SIZES = sizes()
+
+
+def tick(poll: Callable[[float], list], nready: int, what: str) -> int:
+    """One poll tick: poll(0) until ``nready`` readable connections were reported (one
+    call where the poller returns every ready event at once; a poller that returns at most
+    so many per call, as epoll_wait's maxevents, takes more). Returns the number of calls;
+    RuntimeError when a call returns nothing or more than ``nready`` (``what`` names the
+    poller)."""
+    got = calls = 0
+    while got < nready:
+        events = poll(0)
+        calls += 1
+        if not events or len(events) > nready:
+            raise RuntimeError(f"a poll tick of {what} returned {len(events)} events with {nready} readable")
+        got += len(events)
+    return calls
 
 
 class Floor:
@@ -101,7 +111,7 @@ def _malloced() -> Optional[int]:
 def memory_main(backend: str, n: int) -> None:
     """In a child process: bytes per connection a manager adds (RSS and malloc deltas over
     n connections; the sockets exist before and after). Prints JSON."""
-    raise_fd_limit()
+    raise_nofile()
     Manager = _backends.load(backend).KeepaliveManager
     with Pool(n) as pool:
         warm = Manager(None, close=False)  # first-use allocations (module state, code paths)

@@ -1,136 +1,95 @@
-"""`fastka serve` next to nginx and uvicorn: requests per second (wrk) and memory per idle
-keep-alive connection, one worker each, as ratios to nginx from one run.
+"""`fastka serve` next to nginx and uvicorn, one worker each: requests per second, p99
+latency and the least-served connection's share at 100 and 1,000 keep-alive connections
+(wrk), and memory per idle keep-alive connection; ratios to nginx from paired rounds.
 
-    python benchmarks/serve_compare.py [--rounds 3] [--duration 5] [--connections 100]
-                                       [--idle 2000] [--no-install]
+    python benchmarks/serve_compare.py [--rounds 3] [--duration 5] [--concurrency 100,1000]
+                                       [--idle 5000]
 
-Servers: `fastka serve` on each backend, nginx (``worker_processes 1``, ``return 200``,
-keepalive_requests 1000 as fastka's default --max-requests), uvicorn with uvloop and httptools
-(a minimal ASGI app). uvicorn, uvloop and httptools are installed into this interpreter's
-environment with pip when missing (``--no-install`` skips uvicorn instead); a server that
-cannot run is skipped with the reason.
+Servers: nginx (a minimal configuration in a temporary directory, ``worker_processes 1``,
+``return 200``), `fastka serve` on the compiled backend and on the fallback, uvicorn with
+uvloop and httptools (a minimal ASGI app). Every server: keep-alive timeout 75 s, no
+request limit per connection (so that wrk's connections live the whole run). A server that
+cannot run is reported and skipped; the compiled backend of an unbuilt checkout is refused,
+not replaced by the fallback.
 
-req/s: wrk keep-alive, ``--connections`` connections, one thread, ``--rounds`` interleaved
-rounds of ``--duration`` seconds, the median. Memory: ``--idle`` connections each send one
-GET, read the answer and stay open; RSS (and PSS) of every server process, growth over the
-idle server, divided by the connections. Server and wrk share this machine's cores.
-Loopback only; every process is stopped at the end.
+Each round starts every server in turn (the order rotates per round) and measures, in
+this order:
+
+- memory, on the fresh server (before wrk's connections grow its heap): ``--idle``
+  connections each send one GET, read the answer and stay open; RSS and PSS growth of
+  every server process over the idle server, per connection;
+- after a 1 s warm-up, wrk ``-t1 -c C --latency`` for ``--duration`` s at each C of
+  ``--concurrency``: requests/s and the p99 latency;
+- during each wrk run, the least-served connection's share: one second before wrk ends,
+  ``ss -tin`` lists the bytes each connection on the server's port was sent; the smallest
+  over the median (1.00: every connection served alike; 0: one was starved).
+
+Ratios to nginx are the median of the per-round ratios with their range (benchmarks/
+paired.py); absolute figures are medians. wrk and the servers share this machine's cores.
+The output ends with the tables for docs/performance.rst and README.md.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_100k import ROOT, Nginx, pss_kib, raise_nofile, rss_kib, stop_process, tree_pids  # noqa: E402
+import tables  # noqa: E402
+from paired import median, ratio  # noqa: E402
+from procs import cpu_model, pss_kib, raise_nofile, rss_kib  # noqa: E402
+from servers import FastkaServe, Nginx, Refused, Uvicorn  # noqa: E402
 
-UVICORN_APP = '''
-BODY = b"Hello from uvicorn\\n"
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(BODY))]})
-    await send({"type": "http.response.body", "body": BODY})
-'''
+REQ = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
-def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen within 20 s")
+def served_bytes(port: int) -> List[int]:
+    """Bytes sent so far on each established connection from 127.0.0.1:``port`` (ss -tin)."""
+    out = subprocess.run(["ss", "-tinHn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, timeout=30).stdout
+    sent = []
+    for block in re.split(r"\n(?=\S)", out.strip()):
+        if block:
+            m = re.search(r"bytes_sent:(\d+)", block)
+            sent.append(int(m.group(1)) if m else 0)
+    return sent
 
 
-class FastkaServe:
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-        self.label = f"fastka serve, {backend}"
-
-    def start(self) -> int:
-        self.proc = subprocess.Popen([sys.executable, "-m", "fastka.cli", "serve", "--port", "0", "--backend", self.backend],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=raise_nofile)
-        m = re.search(r"127\.0\.0\.1:(\d+)", self.proc.stdout.readline())
-        if not m:
-            self.stop()
-            raise RuntimeError(self.proc.stderr.read().strip().splitlines()[-1])
-        return int(m.group(1))
-
-    def pids(self) -> List[int]:
-        return tree_pids(self.proc.pid)
-
-    def stop(self) -> None:
-        stop_process(self.proc, signal.SIGTERM, 20)
-
-
-class Uvicorn:
-    label = "uvicorn (uvloop + httptools)"
-
-    def start(self) -> int:
-        self.dir = tempfile.mkdtemp(prefix="serve_compare_uvicorn_")
-        with open(os.path.join(self.dir, "hello_app.py"), "w") as f:
-            f.write(UVICORN_APP)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "hello_app:app", "--port", str(port), "--loop", "uvloop",
-                                      "--http", "httptools", "--workers", "1", "--log-level", "warning", "--no-access-log",
-                                      "--backlog", "4096"], cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, preexec_fn=raise_nofile)
-        wait_port(port, self.proc, "uvicorn")
-        return port
-
-    def pids(self) -> List[int]:
-        return tree_pids(self.proc.pid)
-
-    def stop(self) -> None:
-        stop_process(self.proc, signal.SIGTERM, 20)
-        shutil.rmtree(self.dir, ignore_errors=True)
+def wrk_run(wrk: str, port: int, connections: int, duration: float, snapshot: bool) -> Tuple[float, float, Optional[float]]:
+    """(requests/s, p99 latency s, least-served share or None) of one wrk run."""
+    proc = subprocess.Popen([wrk, "-t", "1", "-c", str(connections), "-d", f"{duration:g}s", "--latency",
+                             f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    share = None
+    try:
+        if snapshot:
+            time.sleep(max(0.5, duration - 1.0))
+            sent = served_bytes(port)
+            if len(sent) < connections * 0.9:
+                raise RuntimeError(f"ss saw {len(sent)} of {connections} wrk connections")
+            mid = statistics.median(sent)
+            share = min(sent) / mid if mid else 0.0  # most connections got nothing
+        out, err = proc.communicate(timeout=duration + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+    if not rps or not p99 or "Non-2xx" in out:
+        raise RuntimeError(f"wrk: {out.strip()} {err.strip()}")
+    return float(rps.group(1)), float(p99.group(1)) * UNITS[p99.group(2)], share
 
 
-def uvicorn_missing(install: bool) -> Optional[str]:
-    """None when uvicorn, uvloop and httptools import (installing them if allowed), else why not."""
-    wanted = ("uvicorn", "uvloop", "httptools")
-    if all(importlib.util.find_spec(m) for m in wanted):
-        return None
-    if not install:
-        return "uvicorn/uvloop not installed (--no-install)"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], capture_output=True, text=True, timeout=600)
-    importlib.invalidate_caches()
-    if r.returncode != 0 or not all(importlib.util.find_spec(m) for m in wanted):
-        return f"pip install {' '.join(wanted)} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
-    return None
-
-
-def wrk_rps(wrk: str, port: int, connections: int, duration: float) -> float:
-    r = subprocess.run([wrk, "-t", "1", "-c", str(connections), "-d", f"{duration:g}s", f"http://127.0.0.1:{port}/"],
-                       capture_output=True, text=True, timeout=duration + 60)
-    m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
-    if not m or "Non-2xx" in r.stdout:
-        raise RuntimeError(f"wrk: {r.stdout.strip()} {r.stderr.strip()}")
-    return float(m.group(1))
-
-
-def idle_memory(port: int, server, n: int) -> "tuple[float, float]":
-    """(RSS, PSS) bytes per idle keep-alive connection after one request each."""
+def idle_memory(port: int, server, n: int) -> Tuple[float, float]:
+    """(RSS, PSS) bytes per idle keep-alive connection after one answered GET each."""
     time.sleep(0.5)
     pids = server.pids()
     rss0, pss0 = rss_kib(pids), pss_kib(pids)
@@ -138,14 +97,14 @@ def idle_memory(port: int, server, n: int) -> "tuple[float, float]":
     try:
         for _ in range(n):
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            s.sendall(REQ)
             socks.append(s)
         for s in socks:
             data = b""
             while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
                 chunk = s.recv(4096)
                 if not chunk:
-                    raise RuntimeError("server closed an idle connection early")
+                    raise RuntimeError("the server closed an idle connection early")
                 data += chunk
         time.sleep(1.0)
         pids = server.pids()
@@ -158,75 +117,95 @@ def idle_memory(port: int, server, n: int) -> "tuple[float, float]":
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=5.0)
-    ap.add_argument("--connections", type=int, default=100)
-    ap.add_argument("--idle", type=int, default=2000)
-    ap.add_argument("--no-install", action="store_true")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    ap.add_argument("--concurrency", default="100,1000", help="wrk connection counts, comma-separated")
+    ap.add_argument("--idle", type=int, default=5000, help="idle connections of the memory figure")
     args = ap.parse_args()
-    raise_nofile()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if args.rounds < 1 or args.duration < 2 or args.idle < 1 or any(c < 1 for c in levels):
+        ap.error("--rounds, --idle and every --concurrency must be >= 1, --duration >= 2")
+    if raise_nofile() < max(levels + [args.idle]) + 500:
+        ap.error(f"the open-file limit cannot hold {max(levels + [args.idle])} connections")
     wrk = shutil.which("wrk")
     if not wrk:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
-    servers: list = [FastkaServe("c"), FastkaServe("python")]
-    skipped = []
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if nginx:
-        servers.insert(0, Nginx(nginx, 1, 75.0, resource_hard()))
-    else:
-        skipped.append("nginx: not installed (apt-get install nginx)")
-    why = uvicorn_missing(not args.no_install)
-    if why is None:
-        servers.append(Uvicorn())
-    else:
-        skipped.append(f"uvicorn: {why}")
-    rps = {s.label: [] for s in servers}
-    mem = {}
+    if not shutil.which("ss"):
+        raise SystemExit("ss is not installed (apt-get install iproute2)")
+    servers: list = []
+    skipped: List[str] = []
+    for make in (Nginx, lambda: FastkaServe("c"), lambda: FastkaServe("python"), Uvicorn):
+        try:
+            server = make()
+            if isinstance(server, FastkaServe):
+                server.check()
+            servers.append(server)
+        except Refused as exc:
+            skipped.append(str(exc))
+    for line in skipped:
+        print(f"SKIPPED: {line}", flush=True)
+    if not servers or not servers[0].label.startswith("nginx"):
+        raise SystemExit("nginx is the reference of every ratio: it must run")
+    ref = servers[0].label
+    # label -> concurrency -> one value per round (None: not measured)
+    rps: Dict[str, Dict[int, List[Optional[float]]]] = {s.label: {c: [] for c in levels} for s in servers}
+    p99: Dict[str, Dict[int, List[Optional[float]]]] = {s.label: {c: [] for c in levels} for s in servers}
+    share: Dict[str, Dict[int, List[Optional[float]]]] = {s.label: {c: [] for c in levels} for s in servers}
+    mem: Dict[str, List[Optional[Tuple[float, float]]]] = {s.label: [] for s in servers}
     for rnd in range(args.rounds):
-        for s in list(servers):
+        order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+        for s in order:
             try:
                 port = s.start()
-            except (RuntimeError, SystemExit) as exc:
-                skipped.append(f"{s.label}: {exc}")
-                servers.remove(s)
+            except (Refused, RuntimeError) as exc:
+                print(f"round {rnd + 1}: {s.label}: did not start: {exc}", flush=True)
+                for c in levels:
+                    rps[s.label][c].append(None), p99[s.label][c].append(None), share[s.label][c].append(None)
+                mem[s.label].append(None)
                 continue
             try:
-                wrk_rps(wrk, port, args.connections, 1.0)  # warm-up
-                rps[s.label].append(wrk_rps(wrk, port, args.connections, args.duration))
-                if rnd == 0:
-                    mem[s.label] = idle_memory(port, s, args.idle)
+                mem[s.label].append(idle_memory(port, s, args.idle))  # first: before wrk's connections grew the heap
+                print(f"round {rnd + 1}: {s.label}: {mem[s.label][-1][0]:.0f} B RSS per idle connection", flush=True)
+                wrk_run(wrk, port, levels[0], 1.0, False)  # warm-up
+                for c in levels:
+                    r, p, sh = wrk_run(wrk, port, c, args.duration, True)
+                    rps[s.label][c].append(r), p99[s.label][c].append(p), share[s.label][c].append(sh)
+                    print(f"round {rnd + 1}: {s.label}: -c{c}: {r:,.0f} req/s, p99 {p * 1000:.1f} ms,"
+                          f" least-served share {sh:.2f}", flush=True)
             finally:
                 s.stop()
-            print(f"round {rnd + 1}: {s.label}: {rps[s.label][-1]:,.0f} req/s", flush=True)
-    for line in skipped:
-        print(f"skipped {line}")
-    ref = next((s.label for s in servers if s.label.startswith("nginx")), None)
-    print()
-    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({cpu_model()}), wrk -t1 -c{args.connections},"
-          f" median of {args.rounds} x {args.duration:g} s; memory over {args.idle} idle connections")
-    print("| server | req/s | vs nginx | RSS per idle conn | PSS per idle conn | RSS vs nginx |")
-    print("|---|---|---|---|---|---|")
+    head = ["server", "connections", "requests/s", "ratio to nginx", "p99 latency", "p99 ratio to nginx",
+            "least-served share"]
+    rows = []
+    for c in levels:
+        for s in servers:
+            shares = [v for v in share[s.label][c] if v is not None]
+            rows.append([s.label, f"{c:,}", f"{median(rps[s.label][c]):,.0f}", str(ratio(rps[s.label][c], rps[ref][c])),
+                         f"{median(p99[s.label][c]) * 1000:.1f} ms", str(ratio(p99[s.label][c], p99[ref][c])),
+                         f"{median(shares):.2f} (lowest {min(shares):.2f})" if shares else "-"])
+    mem_head = ["server", f"RSS per idle connection ({args.idle:,})", "PSS per idle connection", "RSS ratio to nginx"]
+    mem_rows = []
     for s in servers:
-        r = statistics.median(rps[s.label])
-        rss, pss = mem[s.label]
-        vs = f"{r / statistics.median(rps[ref]):.2f}x" if ref else "-"
-        mvs = f"{rss / mem[ref][0]:.2f}x" if ref and mem[ref][0] > 0 else "-"
-        print(f"| {s.label} | {r:,.0f} | {vs} | {rss / 1024:.2f} KiB | {pss / 1024:.2f} KiB | {mvs} |")
+        rss = [m[0] if m else None for m in mem[s.label]]
+        pss = [m[1] if m else None for m in mem[s.label]]
+        mem_rows.append([s.label, f"{median(rss) / 1024:.2f} KiB", f"{median(pss) / 1024:.2f} KiB",
+                         str(ratio(rss, [m[0] if m else None for m in mem[ref]]))])
+    print()
+    print(f"{time.strftime('%Y-%m-%d', time.gmtime())}, {os.cpu_count()} CPUs ({cpu_model()}),"
+          f" load average {os.getloadavg()[0]:.1f}; {args.rounds} interleaved rounds; wrk -t1 --latency,"
+          f" {args.duration:g} s per run; one worker each; ratios: median of per-round ratios (range)")
+    print(f"command: python benchmarks/serve_compare.py --rounds {args.rounds} --duration {args.duration:g}"
+          f" --concurrency {args.concurrency} --idle {args.idle}")
+    for line in skipped:
+        print(f"NOT MEASURED: {line}")
+    print()
+    print(tables.rst(head, rows))
+    print()
+    print(tables.rst(mem_head, mem_rows))
+    print()
+    print(tables.markdown(head, rows))
+    print()
+    print(tables.markdown(mem_head, mem_rows))
     return 0
-
-
-def resource_hard() -> int:
-    import resource
-
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.*)", f.read())
-        return m.group(1).strip() if m else "?"
-    except OSError:
-        return "?"
 
 
 if __name__ == "__main__":

@@ -1,19 +1,21 @@
-"""Peak memory of `fastka serve` under two floods from well-formed clients (issue 13, items 7 and 8).
+"""Peak memory of `fastka serve` under two floods from well-formed clients.
 
     python benchmarks/serve_floods.py [--seconds 15] [--clients 4] [--tree PATH] [--backends c,python]
 
 - ``pipeline``: clients that pipeline 1,000 requests at a time and read every answer,
   reconnecting when the server closes after ``--max-requests`` (default settings,
-  ``--keepalive-timeout 60``). Before the fix every request left a timer-heap entry for 60 s.
+  ``--keepalive-timeout 60``): no request may leave state behind for the 60 s timeout.
 - ``noread``: clients that pipeline requests and never read the answers, against a server
-  with ``--max-requests 1000000`` (with the default 1,000 the connection ends early). Before
-  the fix the server read, parsed and queued responses without bound.
+  with ``--max-requests 1000000`` (with the default 1,000 the connection ends early):
+  a server that went on reading would queue responses without bound.
 
 For each flood the server's VmRSS is sampled every 0.1 s: at the start, the peak over
 ``--seconds``, and 2 s after the clients closed (memory must come back). ``--tree`` runs
 the server from another source tree (for example ``git archive main`` unpacked in /tmp with
-the built extensions copied in), for a before/after comparison from the same script.
-Loopback only; every process is stopped at the end.
+the built extensions copied in), for a before/after comparison from the same script. The
+backend asked for is checked against the one the server reports: a tree without the
+compiled backend is refused, not measured on the fallback. Loopback only; every process is
+stopped at the end. The output ends with the table for docs/performance.rst.
 """
 from __future__ import annotations
 
@@ -21,27 +23,33 @@ import argparse
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 
-from serve_100k import rss_kib  # noqa: E402  (this folder is sys.path[0] when run as a script)
+from procs import rss_kib, stop_process  # noqa: E402  (this folder is sys.path[0] when run as a script)
+import tables  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQ = b"GET / HTTP/1.1\r\nHost: flood\r\n\r\n"
 
 
+FLOODS = {"pipeline": "pipelining 1,000 requests at a time, ``--keepalive-timeout 60``",
+          "noread": "pipelining clients that never read the answers"}
+
+
 def start(tree: str, backend: str, *flags: str) -> "tuple[subprocess.Popen, int]":
     env = dict(os.environ, PYTHONPATH=tree)
-    proc = subprocess.Popen([sys.executable, "-m", "fastka.cli", "serve", "--port", "0", "--backend", backend,
+    proc = subprocess.Popen([sys.executable, "-m", "fastka", "serve", "--port", "0", "--backend", backend,
                              "--keepalive-timeout", "60", *flags], cwd=tree, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
-    m = re.search(r"127\.0\.0\.1:(\d+)", line)
-    if not m:
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r}")
+    m = re.search(r"127\.0\.0\.1:(\d+) \(backend (\w+)", line)
+    if not m or m.group(2) != backend:
+        stop_process(proc, signal.SIGTERM, 15)
+        raise SystemExit(f"server did not start with backend {backend!r}: {line.strip()!r}")
     return proc, int(m.group(1))
 
 
@@ -102,12 +110,8 @@ def measure(tree: str, backend: str, flood: str, seconds: float, clients: int) -
         time.sleep(2.0)
         after = rss_kib([proc.pid])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGTERM, 15)
+        proc.stdout.close()
     return {"start": first, "peak": peak, "after": after}
 
 
@@ -121,10 +125,18 @@ def main() -> int:
     args = ap.parse_args()
     print(f"tree {args.tree}; {args.clients} clients per flood, {args.seconds:g} s each; RSS in MiB")
     print(f"{'flood':<10}{'backend':<9}{'start':>8}{'peak':>8}{'after':>8}")
+    rows = []
     for flood in args.floods.split(","):
         for backend in args.backends.split(","):
             r = measure(args.tree, backend, flood, args.seconds, args.clients)
             print(f"{flood:<10}{backend:<9}" + "".join(f"{r[k] / 1024:>8.1f}" for k in ("start", "peak", "after")), flush=True)
+            rows.append([FLOODS[flood], "compiled" if backend == "c" else "fallback",
+                         " -> ".join(f"{r[k] / 1024:,.1f}" for k in ("start", "peak", "after"))])
+    print()
+    print(f"{time.strftime('%Y-%m-%d', time.gmtime())}: python benchmarks/serve_floods.py --seconds {args.seconds:g}"
+          f" --clients {args.clients}; load average {os.getloadavg()[0]:.1f}")
+    print()
+    print(tables.rst(["Flood", "backend", "RSS at the start -> peak -> 2 s after (MiB)"], rows))
     return 0
 
 

@@ -11,14 +11,16 @@ answer and then holds them idle. The server's VmRSS (now) and VmHWM (peak) come 
 from __future__ import annotations
 
 import argparse
+import signal
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import raise_nofile, stop_process  # noqa: E402
+from servers import ROOT, FastkaServe, Refused  # noqa: E402
 
 THREADED = r"""
 import http.server, sys
@@ -62,11 +64,6 @@ sys.stdin.read()
 """
 
 
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def mem_kib(pid: int) -> dict:
     with open(f"/proc/{pid}/status") as f:
         text = f.read()
@@ -78,7 +75,7 @@ def start(cmd: list) -> tuple:
     """Start a server that prints "listening on http://127.0.0.1:PORT"; stderr is discarded
     (ThreadingHTTPServer prints a traceback for every connection the clients drop at the end)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            preexec_fn=raise_fd_limit)
+                            preexec_fn=raise_nofile)
     line = proc.stdout.readline()
     m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
     if not m:
@@ -88,12 +85,7 @@ def start(cmd: list) -> tuple:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, signal.SIGTERM, 30)
     proc.stdout.close()
 
 
@@ -125,11 +117,15 @@ def main() -> int:
     args = ap.parse_args()
     n = args.connections
     idle = "600"  # longer than the run: nothing is closed for idleness
-    runs = [
-        ("fastka serve (c)", [sys.executable, "-m", "fastka.cli", "serve", "--port", "0", "--backend", "c", "--keepalive-timeout", idle]),
-        ("fastka serve (python)", [sys.executable, "-m", "fastka.cli", "serve", "--port", "0", "--backend", "python", "--keepalive-timeout", idle]),
-        ("ThreadingHTTPServer", [sys.executable, "-c", THREADED]),
-    ]
+    runs = []
+    for backend in ("c", "python"):
+        try:
+            FastkaServe(backend).check()  # refused, not replaced by the other backend, where not built
+        except Refused as exc:
+            raise SystemExit(f"refused: {exc}") from None
+        runs.append((f"fastka serve ({backend})", [sys.executable, "-m", "fastka", "serve", "--port", "0",
+                                                   "--backend", backend, "--keepalive-timeout", idle]))
+    runs.append(("ThreadingHTTPServer", [sys.executable, "-c", THREADED]))
     results = [measure(name, cmd, n) for name, cmd in runs]
     print(f"\n{n} idle keep-alive connections (one request each), server process memory:\n")
     print("| server | threads | RSS idle (MiB) | RSS holding (MiB) | peak RSS (MiB) | per connection (KiB) |")
