@@ -445,23 +445,3 @@ def test_create_server_closes_the_socket_when_keepalive_fails(backend, tmp_path)
     with pytest.raises(OSError) as info:
         backend.create_server(str(tmp_path / "sock"), family=socket.AF_UNIX)
     assert "is not a TCP socket (it is Unix stream)" in str(info.value)
-
-
-# -- one API, visible signatures ---------------------------------------------------------
-
-
-def test_every_public_function_has_the_same_signature_on_both_backends(backend):
-    import inspect
-
-    from fastka import _keepalive
-    from fastka._backends import load
-
-    reference = load("python")
-    for name in _keepalive.PUBLIC:
-        fn = getattr(backend, name)
-        assert inspect.signature(fn) == inspect.signature(getattr(reference, name)), name
-        assert fn.__module__ == "fastka" and fn.__doc__, name
-    for method in ("add", "remove", "touch", "poll", "fileno", "next_deadline", "close"):
-        inspect.signature(getattr(backend.KeepaliveManager, method))  # compiled too (binding=True)
-    assert list(inspect.signature(backend.set_keepalive).parameters) == [
-        "sock", "config", "idle", "interval", "count", "user_timeout"]

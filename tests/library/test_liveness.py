@@ -166,12 +166,12 @@ class FakeTcpInfo:
 def test_tcp_info_units_and_unknown_states():
     from fastka import _keepalive
 
-    info = _keepalive.bind(FakeTcpInfo((1, 2, 3, 4, 250, 125, 8000, 7000, 9000, 5, 6, 11)))["tcp_info"](5)
+    info = _keepalive.Keepalive(FakeTcpInfo((1, 2, 3, 4, 250, 125, 8000, 7000, 9000, 5, 6, 11))).tcp_info(5)
     assert info.state == "ESTABLISHED"
     assert (info.retransmits, info.probes, info.backoff, info.unacked, info.lost, info.total_retrans) == (2, 3, 4, 5, 6, 11)
     assert (info.last_data_sent, info.last_data_recv, info.last_ack_recv) == (7.0, 8.0, 9.0)  # seconds, from ms
     assert (info.rtt, info.rttvar) == (0.00025, 0.000125)  # seconds, from us
-    unknown = _keepalive.bind(FakeTcpInfo((99,) + (0,) * 11))["tcp_info"](5)
+    unknown = _keepalive.Keepalive(FakeTcpInfo((99,) + (0,) * 11)).tcp_info(5)
     assert unknown.state == "UNKNOWN(99)"
 
 
