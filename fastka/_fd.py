@@ -1,6 +1,8 @@
-"""Turn a "sock" argument (socket, object with fileno(), or int fd) into an fd."""
+"""Turn a "sock" argument (socket, object with fileno(), or int fd) into an fd, and an fd
+into a socket object for one call (``borrow_socket``)."""
 from __future__ import annotations
 
+import os
 import socket
 
 _FD_MAX = 0x7FFFFFFF  # INT_MAX: the C core takes fds as int
@@ -40,3 +42,26 @@ def fd_of(sock: object, name: str = "sock", *, closed_ok: bool = False) -> int:
     if fd > _FD_MAX:
         raise ValueError(f"{name} fd {fd} is out of range (0..{_FD_MAX})")
     return fd
+
+
+# Given SOCK_NONBLOCK in the type, Python takes the socket as non-blocking as it is and
+# leaves the fd's mode alone; otherwise a process-wide socket.setdefaulttimeout() makes
+# it switch the fd to non-blocking.
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+
+
+def borrow_socket(fd: int, family: int = socket.AF_INET, proto: int = 0) -> socket.socket:
+    """A socket object over ``fd`` for the fallback's socket calls (setsockopt, getsockopt,
+    recv): the caller must ``detach()`` it, never close it. The fd is left as it is (its
+    blocking mode too, whatever socket.setdefaulttimeout() says).
+
+    ``family``/``proto`` -1 ask the kernel for them (error messages only); otherwise
+    Python asks the kernel nothing beyond the getsockname that checks ``fd`` is an open
+    socket: OSError (EBADF, ENOTSOCK) when it is not.
+    """
+    if _SOCK_NONBLOCK or socket.getdefaulttimeout() is None or os.name != "posix":
+        return socket.socket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK, proto, fileno=fd)
+    blocking = os.get_blocking(fd)
+    s = socket.socket(family, socket.SOCK_STREAM, proto, fileno=fd)
+    s.setblocking(blocking)  # Python made it non-blocking for the default timeout
+    return s

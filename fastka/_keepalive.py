@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from . import _platform
 from ._config import KeepaliveConfig, Seconds, ms_to_seconds, native, resolve, update_fields
 from ._errors import keepalive_error
-from ._fd import fd_of
+from ._fd import borrow_socket, fd_of
 from ._types import TCP_STATES, KeepaliveState, SocketLike, TcpInfo
 
 PUBLIC = (
@@ -66,7 +66,10 @@ def _triples(steps: List[_platform.Step]) -> Optional[Triples]:
 def _ioctl(fd: int, value: object) -> int:
     """SIO_KEEPALIVE_VALS on ``fd`` (Windows before 10 1709) through Python's socket.ioctl:
     0, or the errno."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fd)
+    try:
+        s = borrow_socket(fd)
+    except OSError as exc:
+        return exc.errno or errno.EIO
     try:
         s.ioctl(_platform.SIO_KEEPALIVE_VALS, value)  # type: ignore[attr-defined]
     except OSError as exc:
@@ -76,7 +79,7 @@ def _ioctl(fd: int, value: object) -> int:
     return 0
 
 
-def run(prim: Any, fds: List[int], steps: List[_platform.Step], triples: Optional[Triples] = None) -> List[Failure]:
+def apply_steps(prim: Any, fds: List[int], steps: List[_platform.Step], triples: Optional[Triples] = None) -> List[Failure]:
     """Make the option calls of ``steps`` (whose triples, when already known, are
     ``triples``) on each of ``fds``; the failures, each fd stopping at its first. Socket
     options go to the backend in one batch; an ioctl step (Windows before 10 1709) is made
@@ -99,7 +102,7 @@ def run(prim: Any, fds: List[int], steps: List[_platform.Step], triples: Optiona
     return failures
 
 
-_DISABLE = _triples(_platform.DISABLE)
+_DISABLE_TRIPLES = _triples(_platform.DISABLE)
 
 
 @functools.lru_cache(maxsize=64)
@@ -134,7 +137,7 @@ def carry(prim: Any, fd: int, cfg: KeepaliveConfig) -> None:
     steps, triples = _plan(fd, cfg)
     if triples is not None and prim.match(fd, triples) == 1:
         return
-    for _, err, name in run(prim, [fd], steps, triples):
+    for _, err, name in apply_steps(prim, [fd], steps, triples):
         raise keepalive_error(err, fd, name)
 
 
@@ -156,7 +159,7 @@ class Keepalive:
             for _, err, i in self._prim.apply([fd], triples):
                 raise keepalive_error(err, fd, steps[i][0])
             return
-        for _, err, name in run(self._prim, [fd], steps):
+        for _, err, name in apply_steps(self._prim, [fd], steps):
             raise keepalive_error(err, fd, name)
 
     def _read_state(self, fd: int) -> KeepaliveState:
@@ -222,7 +225,7 @@ class Keepalive:
         the fd when the kernel refuses.
         """
         fd = fd_of(sock)
-        self._apply_or_raise(fd, _platform.DISABLE, _DISABLE)
+        self._apply_or_raise(fd, _platform.DISABLE, _DISABLE_TRIPLES)
         _platform.windows_forget(fd)
 
     def get_keepalive(self, sock: SocketLike) -> KeepaliveState:
@@ -256,9 +259,9 @@ class Keepalive:
         cfg = resolve(config, idle, interval, count, user_timeout)
         fds = self._prim.fds(snapshot(socks, "socks"), "socks[{}]")
         if _platform.windows_per_option():
-            failures = run(self._prim, fds, *_plan(-1, cfg))
+            failures = apply_steps(self._prim, fds, *_plan(-1, cfg))
         else:  # each fd has its own SIO_KEEPALIVE_VALS fill
-            failures = [(pos, err, name) for pos, fd in enumerate(fds) for _, err, name in run(self._prim, [fd], *_plan(fd, cfg))]
+            failures = [(pos, err, name) for pos, fd in enumerate(fds) for _, err, name in apply_steps(self._prim, [fd], *_plan(fd, cfg))]
         return {fds[pos]: keepalive_error(err, fds[pos], name) for pos, err, name in failures}
 
     def tcp_info(self, sock: SocketLike) -> TcpInfo:

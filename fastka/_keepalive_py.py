@@ -13,7 +13,7 @@ import struct
 from typing import List, Tuple
 
 from . import _platform
-from ._fd import fd_of
+from ._fd import borrow_socket, fd_of
 from ._liveness_py import dead_states
 
 __all__ = ["apply", "dead_states", "fds", "match", "read", "tcp_info"]
@@ -22,12 +22,6 @@ __all__ = ["apply", "dead_states", "fds", "match", "read", "tcp_info"]
 def fds(members: List[object], label: str, closed_ok: bool = False) -> List[int]:
     """fd_of for every member (``label.format(i)`` names member i in an error)."""
     return [fd_of(m, label.format(i), closed_ok=closed_ok) for i, m in enumerate(members)]
-
-
-def _borrow(fd: int) -> socket.socket:
-    """A socket object over ``fd``, to be detach()ed, never closed. The family, type and
-    protocol are given so that Python asks the kernel nothing; OSError for a closed fd."""
-    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fd)
 
 
 def _errno(exc: OSError) -> int:
@@ -39,7 +33,7 @@ def _apply_one(fd: int, options: List[Tuple[int, int, int]]) -> Tuple[int, int]:
     if not options:
         return 0, 0
     try:
-        s = _borrow(fd)
+        s = borrow_socket(fd)
     except OSError as exc:  # the first call on a closed fd would fail the same way
         return _errno(exc), 0
     try:
@@ -72,7 +66,7 @@ def read(fd: int, options: List[Tuple[int, int]]) -> Tuple[int, List[int]]:
     if not options:
         return 0, values
     try:
-        s = _borrow(fd)
+        s = borrow_socket(fd)
     except OSError as exc:
         return _errno(exc), values
     try:
@@ -128,7 +122,7 @@ def tcp_info(fd: int) -> Tuple[int, Tuple[int, ...]]:
     if _platform.CURRENT is not _platform.LINUX:
         return errno.ENOPROTOOPT, ()
     try:
-        s = _borrow(fd)
+        s = borrow_socket(fd)
     except OSError as exc:
         return _errno(exc), ()
     try:

@@ -6,6 +6,7 @@ import select
 import socket
 from typing import Dict, Iterable, List, Tuple
 
+from ._fd import borrow_socket
 from ._types import Event
 
 # POLLRDHUP (the peer shut its writing side) is Linux's; elsewhere a FIN is an empty peek.
@@ -22,15 +23,10 @@ def error_event(err: int) -> Event:
     return Event.ERROR
 
 
-def _borrow(fd: int) -> socket.socket:
-    """A socket object over ``fd`` that the caller must ``detach()``, never close."""
-    return socket.socket(fileno=fd)
-
-
 def pending_error(fd: int) -> int:
     """SO_ERROR of ``fd`` (reading clears it), or the errno of the getsockopt itself."""
     try:
-        s = _borrow(fd)
+        s = borrow_socket(fd)
     except OSError as exc:
         return exc.errno or errno.EBADF
     try:
@@ -43,7 +39,7 @@ def pending_error(fd: int) -> int:
 
 def peek(fd: int) -> int:
     """PEEK_EMPTY / PEEK_DATA / PEEK_EOF for a one-byte MSG_PEEK, or -errno on failure."""
-    s = _borrow(fd)
+    s = borrow_socket(fd)
     try:
         data = s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):

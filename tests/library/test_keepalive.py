@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fastka import KeepaliveConfig
+from fastka import Event, KeepaliveConfig
 from fastka._config import DEFAULT
 from repo import ROOT
 
@@ -313,6 +313,38 @@ def test_many_validates_the_config_before_any_call(backend, tcp):
     with pytest.raises(TypeError, match="unexpected keyword|got an unexpected"):
         backend.set_keepalive_many([tcp], idel=5)
     assert kernel(tcp)[0] == 0
+
+
+# -- the fd is left as it is ---------------------------------------------------------------
+
+
+def test_every_call_leaves_the_fd_blocking_under_a_default_timeout(backend, tcp_pair):
+    """socket.setdefaulttimeout() set by the application must not make fastka switch a
+    blocking fd to non-blocking (Python does so to any socket object it builds over an
+    fd, which the fallback borrows for its socket calls)."""
+    client, server = tcp_pair
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fd = server.fileno()
+    try:
+        socket.setdefaulttimeout(5)
+        backend.set_keepalive(fd, idle=30)
+        backend.update_keepalive(fd, count=3)
+        backend.get_keepalive(fd)
+        backend.tcp_info(fd)
+        assert backend.set_keepalive_many([fd]) == {}
+        assert backend.is_alive(fd) and backend.find_dead([fd]) == []
+        backend.disable_keepalive(fd)
+        with pytest.raises(OSError, match="not a TCP socket"):  # the error names the kind of socket
+            backend.set_keepalive(udp.fileno())
+        with backend.KeepaliveManager(None, close=False) as mgr:  # peeks at a readable socket
+            mgr.add(fd)
+            client.sendall(b"x")
+            assert [ev for _, ev in mgr.poll(5)] == [Event.READABLE]
+    finally:
+        socket.setdefaulttimeout(None)
+        udp_blocking = os.get_blocking(udp.fileno())
+        udp.close()
+    assert os.get_blocking(fd) and udp_blocking
 
 
 # -- the primitives' contract with the manager -------------------------------------------
