@@ -10,6 +10,7 @@ import errno
 import os
 import socket
 import stat
+from typing import Dict, Union
 
 from ._fd import borrow_socket
 
@@ -40,9 +41,8 @@ def socket_kind(fd: int) -> str:
         s.detach()
     fam = _FAMILIES.get(family, getattr(family, "name", str(family)))
     if family == getattr(socket, "AF_UNIX", -2):
-        return {socket.SOCK_STREAM: "Unix stream", socket.SOCK_DGRAM: "Unix datagram"}.get(
-            type_, f"Unix ({getattr(type_, 'name', type_)})"
-        )
+        unix: Dict[int, str] = {socket.SOCK_STREAM: "Unix stream", socket.SOCK_DGRAM: "Unix datagram"}
+        return unix.get(type_, f"Unix ({getattr(type_, 'name', type_)})")
     if type_ == socket.SOCK_STREAM and proto in (0, socket.IPPROTO_TCP):
         return f"TCP/{fam}"
     if type_ == socket.SOCK_DGRAM:
@@ -54,7 +54,7 @@ def socket_kind(fd: int) -> str:
     return f"{fam} {getattr(type_, 'name', type_)} protocol {proto}"
 
 
-def _socket_type(number: int) -> object:
+def _socket_type(number: int) -> Union[socket.SocketKind, int]:
     """SO_TYPE's number as socket.SocketKind where Python knows it (for its name)."""
     try:
         return socket.SocketKind(number)
