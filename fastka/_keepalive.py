@@ -1,14 +1,16 @@
 """The public keepalive API, written once over a backend's primitives.
 
 A backend's keepalive module (fastka/_keepalive_c.pyx, or fastka/_keepalive_py.py, the
-readable specification) provides six primitives over validated fds and planned options:
+readable specification) provides six primitives over validated fds (or members) and planned options:
 
 - ``apply(fds, options) -> [(position, errno, option index)]``: setsockopt every
   ``(level, option, value)`` on each fd, in order, each fd stopping at its first failure;
 - ``match(fd, options) -> 1 / 0 / -errno``: whether fd reads back those values;
 - ``read(fd, [(level, option)]) -> (errno or 0, values read)``;
-- ``dead_states(fds) -> [(position, 1 dead / -errno)]``, the live fds left out, from one
-  zero-timeout poll (fd -1, no socket, is dead);
+- ``dead_states(socks, label) -> [(position, fd, 1 dead / -errno)]``, the live members
+  left out, from one zero-timeout poll; the members are taken as
+  ``fd_of(closed_ok=True)`` takes them (None or a closed socket, fd -1, is dead), an
+  error naming ``label.format(position)``; nothing is formatted unless one is raised;
 - ``tcp_info(fd) -> (errno or 0, fields in the kernel's units)``;
 - ``fds(members, label, closed_ok) -> [fd]``: fastka._fd.fd_of of each member, the
   compiled one taking int fds and socket.socket objects without a Python call.
@@ -302,7 +304,7 @@ class Keepalive:
         that is not open.
         """
         fd = fd_of(sock)
-        for _, state in self._prim.dead_states([fd]):
+        for _, _, state in self._prim.dead_states([fd]):
             if state < 0:
                 raise keepalive_error(-state, fd, "poll")
             return False
@@ -321,13 +323,13 @@ class Keepalive:
             raise TypeError(f"key must be a callable or None, not {type(key).__name__}: {key!r}")
         members = snapshot(socks, "socks")
         if key is None:
-            fds = self._prim.fds(members, "socks[{}]", True)
+            states = self._prim.dead_states(members, "socks[{}]")
         else:
-            fds = self._prim.fds([key(m) for m in members], "key(socks[{}])", True)
+            states = self._prim.dead_states([key(m) for m in members], "key(socks[{}])")
         dead: List[Any] = []
-        for i, state in self._prim.dead_states(fds):
+        for i, fd, state in states:
             if state < 0:
-                raise keepalive_error(-state, fds[i], "poll")
+                raise keepalive_error(-state, fd, "poll")
             dead.append(members[i])
         return dead
 

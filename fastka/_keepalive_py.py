@@ -2,26 +2,57 @@
 compiled ones (fastka/_keepalive_c.pyx over src/sockopt.c and src/liveness.c).
 
 Same functions, arguments, results and errno numbers; fastka/_keepalive.py builds the
-public API on either. Each function takes fds that are already validated (0..INT_MAX) and
-option triples from fastka/_platform.plan(), and reports kernel errors as errno numbers.
+public API on either. Each function takes fds that are already validated (0..INT_MAX;
+``fds`` and ``dead_states`` the members themselves) and option triples from
+fastka/_platform.plan(), and reports kernel errors as errno numbers.
 """
 from __future__ import annotations
 
 import errno
 import socket
 import struct
-from typing import List, Tuple
+from itertools import compress, count
+from typing import List, Tuple, cast
 
 from . import _platform
 from ._fd import borrow_socket, fd_of
-from ._liveness_py import dead_states
+from ._liveness_py import find_dead
+
+_SOCKET_ONLY = {socket.socket}
+_SOCKET_FILENO = socket.socket.fileno  # the C method, called from C by map()
 
 __all__ = ["apply", "dead_states", "fds", "match", "read", "tcp_info"]
 
 
 def fds(members: List[object], label: str, closed_ok: bool = False) -> List[int]:
     """fd_of for every member (``label.format(i)`` names member i in an error)."""
-    return [fd_of(m, label.format(i), closed_ok=closed_ok) for i, m in enumerate(members)]
+    return [fd_of(m, label, closed_ok=closed_ok, index=i) for i, m in enumerate(members)]
+
+
+def dead_states(socks: List[object], label: str = "socks[{}]") -> List[Tuple[int, int, int]]:
+    """``[(position, fd, state)]`` for each member of ``socks`` that is dead (state 1:
+    what fastka.is_alive calls dead, or None / a closed socket, fd -1) or not open (state
+    -EBADF), in order, from one zero-timeout poll; the live ones are left out.
+
+    The members are taken as fd_of(closed_ok=True) takes them; one with no usable fd is
+    its TypeError/ValueError (``label.format(i)`` names member i). Plain socket.socket
+    objects and int fds cost nothing beyond the poll; error messages, and the exact
+    checks of fd_of for every member, come only when a member needs them.
+    """
+    try:
+        if {*map(type, socks)} == _SOCKET_ONLY:  # a pool of plain sockets: no Python call per member
+            numbers = list(map(_SOCKET_FILENO, cast(List[socket.socket], socks)))
+        else:
+            numbers = [s if type(s) is int else fd_of(s, closed_ok=True) for s in socks]
+        states = find_dead(numbers)  # poll's register refuses a negative or out-of-range fd
+    except (TypeError, ValueError, OverflowError):  # None, closed, or bad: fd_of sorts them out
+        numbers = fds(socks, label, closed_ok=True)
+        states = find_dead([fd for fd in numbers if fd >= 0])
+        if -1 in numbers:
+            states[-1] = 1
+    if not states:
+        return []
+    return [(i, numbers[i], states[numbers[i]]) for i in compress(count(), map(states.__contains__, numbers))]
 
 
 def _errno(exc: OSError) -> int:

@@ -51,37 +51,41 @@ def peek(fd: int) -> int:
     return PEEK_DATA if data else PEEK_EOF
 
 
-def dead_states(fds: List[int]) -> List[Tuple[int, int]]:
-    """``[(position, state)]`` for each of ``fds`` that is dead (state 1, or fd -1: no
-    socket) or not open (state -EBADF), in order, from one zero-timeout poll; the live
-    ones are left out.
+# poll(2) reports POLLHUP, POLLERR and POLLNVAL whatever is asked; POLLIN is asked only
+# where a FIN must be found by a peek.
+_POLL_EVENTS = (POLLRDHUP or select.POLLIN) if hasattr(select, "poll") else 0
+_GONE = (select.POLLERR | select.POLLHUP | POLLRDHUP) if hasattr(select, "poll") else 0
+
+
+def find_dead(fds: List[int]) -> Dict[int, int]:
+    """``{fd: state}`` for each fd of ``fds`` (0..INT_MAX: poll's register raises
+    ValueError/OverflowError/TypeError for anything else) that is dead (state 1) or not
+    open (state -EBADF), from one zero-timeout poll; the live ones are left out.
 
     Dead is what fastka.is_alive calls dead: the peer sent FIN or RST, a keepalive or
     user timeout fired, or an error is pending (POLLRDHUP, POLLHUP or POLLERR; where
     there is no POLLRDHUP, a readable socket whose peek is empty). Neither data nor the
     pending error is consumed. Mirrors fk_find_dead in src/liveness.c.
     """
-    polled = [fd for fd in fds if fd >= 0]
     if not hasattr(select, "poll"):  # Windows: select() in chunks under its FD_SETSIZE
-        by_fd = _dead_states_select(polled)
-    else:
-        by_fd = {}
-        p = select.poll()
-        for fd in polled:
-            if fd not in by_fd:
-                p.register(fd, select.POLLIN | POLLRDHUP)
-                by_fd[fd] = 0
-        for fd, revents in p.poll(0):
-            if revents & select.POLLNVAL:
-                by_fd[fd] = -errno.EBADF
-            elif revents & (select.POLLERR | select.POLLHUP | POLLRDHUP):
-                by_fd[fd] = 1
-            elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
-                by_fd[fd] = 1
-    return [(i, 1 if fd < 0 else by_fd[fd]) for i, fd in enumerate(fds) if fd < 0 or by_fd[fd]]
+        return _find_dead_select(fds)
+    p = select.poll()
+    register = p.register
+    for fd in fds:
+        register(fd, _POLL_EVENTS)
+    states = {}
+    for fd, revents in p.poll(0):
+        if revents & select.POLLNVAL:
+            states[fd] = -errno.EBADF
+        elif revents & _GONE:
+            states[fd] = 1
+        elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
+            states[fd] = 1
+    return states
 
 
-def _dead_states_select(fds: Iterable[int]) -> Dict[int, int]:
+def _find_dead_select(fds: Iterable[int]) -> Dict[int, int]:
+    """find_dead through select() (no poll): a readable socket whose peek is not data is dead."""
     states = dict.fromkeys(fds, 0)
     todo = list(states)
     for base in range(0, len(todo), 500):
@@ -103,4 +107,4 @@ def _dead_states_select(fds: Iterable[int]) -> Dict[int, int]:
         for fd in readable:
             if peek(fd) != PEEK_DATA:
                 states[fd] = 1
-    return states
+    return {fd: state for fd, state in states.items() if state}
