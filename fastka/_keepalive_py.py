@@ -45,7 +45,7 @@ def dead_states(socks: List[object], label: str = "socks[{}]") -> List[Tuple[int
         else:
             numbers = [s if type(s) is int else fd_of(s, closed_ok=True) for s in socks]
         states = find_dead(numbers)  # poll's register refuses a negative or out-of-range fd
-    except (TypeError, ValueError, OverflowError):  # None, closed, or bad: fd_of sorts them out
+    except Exception:  # None, closed, or bad: fd_of takes them in order and raises what is first
         numbers = fds(socks, label, closed_ok=True)
         states = find_dead([fd for fd in numbers if fd >= 0])
         if -1 in numbers:

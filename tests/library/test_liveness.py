@@ -375,3 +375,17 @@ def test_find_dead_formats_no_label_unless_it_raises(backend, pool_of_200):
     states = backend.keepalive.dead_states(members, NoFormat("socks[{}]"))
     assert [i for i, _, _ in states] == [7, 100, 199, 200, 201, 203]
     assert backend.keepalive.fds(members[:-4] + [members[-2]], NoFormat("socks[{}]")) == [s.fileno() for s in members[:-4]] + [pool_of_200[0].fileno()]
+
+
+class RaisingFileno:
+    def fileno(self):
+        raise OSError(9, "fileno says EBADF")
+
+
+def test_find_dead_raises_for_the_first_bad_member_in_order(backend, pool_of_200):
+    """A bad int fd before a member whose fileno() raises: the int's error, as when each
+    member is checked in turn; after a None (dead, not bad) the fileno() error."""
+    with pytest.raises(ValueError, match=r"socks\[200\] is a negative fd \(-1\)"):
+        backend.find_dead(pool_of_200 + [-1, RaisingFileno()])
+    with pytest.raises(OSError, match="fileno says EBADF"):
+        backend.find_dead(pool_of_200 + [None, RaisingFileno()])
