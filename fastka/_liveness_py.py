@@ -4,7 +4,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List
 
 from ._fd import borrow_socket
 from ._types import Event

@@ -7,7 +7,6 @@ import ast
 import inspect
 import os
 import pydoc
-import socket
 from typing import Any, Dict, List, Tuple
 
 import pytest
