@@ -6,7 +6,7 @@
 N connected loopback TCP sockets (both ends in this process), the peers of 1 % of them
 closed. Each round times ``--calls`` calls of find_dead and of a baseline, interleaved
 call by call (A B B A ...) so that a load change on a shared machine hits both alike; the
-round's ratio is find_dead's total over the baseline's. Printed: the median of the
+round's ratio is find_dead's median call time over the baseline's. Printed: the median of the
 per-round ratios and their range, per backend, size and baseline. Baselines:
 
 - ``poll loop``: register each socket with ``select.poll()``, ``poll(0)``, and give back
@@ -76,11 +76,13 @@ def wait_dead(socks: Sequence[socket.socket], expected: int) -> None:
 
 
 def paired_ratios(a: Callable[[], object], b: Callable[[], object], rounds: int, calls: int) -> List[float]:
-    """Per round: total time of ``calls`` calls of ``a`` over that of ``b``, interleaved."""
+    """Per round: the median time of ``calls`` calls of ``a`` over that of ``b``, the calls
+    interleaved (medians, so that a call preempted on a busy machine does not count)."""
     clock = time.perf_counter_ns
     ratios = []
     for _ in range(rounds):
-        ta = tb = 0
+        ta: List[int] = []
+        tb: List[int] = []
         for k in range(calls):
             first, second = (a, b) if k % 2 == 0 else (b, a)
             t0 = clock()
@@ -88,11 +90,9 @@ def paired_ratios(a: Callable[[], object], b: Callable[[], object], rounds: int,
             t1 = clock()
             second()
             t2 = clock()
-            if first is a:
-                ta, tb = ta + t1 - t0, tb + t2 - t1
-            else:
-                tb, ta = tb + t1 - t0, ta + t2 - t1
-        ratios.append(ta / tb)
+            (ta if first is a else tb).append(t1 - t0)
+            (tb if first is a else ta).append(t2 - t1)
+        ratios.append(statistics.median(ta) / statistics.median(tb))
     return ratios
 
 

@@ -12,7 +12,7 @@ import errno
 import socket
 import struct
 from itertools import compress, count
-from typing import List, Tuple, cast
+from typing import List, Tuple
 
 from . import _platform
 from ._fd import borrow_socket, fd_of
@@ -41,7 +41,7 @@ def dead_states(socks: List[object], label: str = "socks[{}]") -> List[Tuple[int
     """
     try:
         if {*map(type, socks)} == _SOCKET_ONLY:  # a pool of plain sockets: no Python call per member
-            numbers = list(map(_SOCKET_FILENO, cast(List[socket.socket], socks)))
+            numbers = list(map(_SOCKET_FILENO, socks))  # type: ignore[arg-type]
         else:
             numbers = [s if type(s) is int else fd_of(s, closed_ok=True) for s in socks]
         states = find_dead(numbers)  # poll's register refuses a negative or out-of-range fd

@@ -53,8 +53,9 @@ def peek(fd: int) -> int:
 
 # poll(2) reports POLLHUP, POLLERR and POLLNVAL whatever is asked; POLLIN is asked only
 # where a FIN must be found by a peek.
-_POLL_EVENTS = (POLLRDHUP or select.POLLIN) if hasattr(select, "poll") else 0
-_GONE = (select.POLLERR | select.POLLHUP | POLLRDHUP) if hasattr(select, "poll") else 0
+_HAVE_POLL = hasattr(select, "poll")  # not on Windows
+_POLL_EVENTS = (POLLRDHUP or select.POLLIN) if _HAVE_POLL else 0
+_GONE = (select.POLLERR | select.POLLHUP | POLLRDHUP) if _HAVE_POLL else 0
 
 
 def find_dead(fds: List[int]) -> Dict[int, int]:
@@ -67,7 +68,7 @@ def find_dead(fds: List[int]) -> Dict[int, int]:
     there is no POLLRDHUP, a readable socket whose peek is empty). Neither data nor the
     pending error is consumed. Mirrors fk_find_dead in src/liveness.c.
     """
-    if not hasattr(select, "poll"):  # Windows: select() in chunks under its FD_SETSIZE
+    if not _HAVE_POLL:  # select() in chunks under its FD_SETSIZE
         return _find_dead_select(fds)
     p = select.poll()
     register = p.register
