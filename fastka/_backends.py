@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 from types import ModuleType
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _keepalive
 
@@ -39,21 +39,26 @@ class BackendUnavailable(ImportError):
     """The named backend cannot be loaded in this process (the message says why)."""
 
 
-class Backend:
+class Backend(_keepalive.Keepalive):
     """One backend: ``.name``, its ``.keepalive`` (primitives) and ``.manager`` modules,
-    and the public API as attributes (``backend.set_keepalive``, ``backend.KeepaliveManager``,
-    ...): the functions of fastka/_keepalive.py bound to this backend's primitives."""
+    and the public API: ``backend.KeepaliveManager`` and the methods of
+    fastka._keepalive.Keepalive over this backend's primitives (``backend.set_keepalive``,
+    ...). ``fastka.set_keepalive`` is the default backend's."""
 
     def __init__(self, name: str, keepalive: ModuleType, manager: ModuleType) -> None:
+        super().__init__(keepalive)
         self.name = name
         self.keepalive = keepalive
         self.manager = manager
         self.KeepaliveManager = manager.KeepaliveManager
-        for attr, function in _keepalive.bind(keepalive).items():
-            setattr(self, attr, function)
 
     def __repr__(self) -> str:
         return f"<fastka backend {self.name!r}>"
+
+    def __reduce__(self) -> Tuple[Any, Tuple[str]]:
+        """Pickled by name, so that ``pickle.dumps(fastka.set_keepalive)`` works as it does
+        for a module-level function."""
+        return load, (self.name,)
 
 
 _loaded: Dict[str, Backend] = {}

@@ -10,6 +10,9 @@ import errno
 import os
 import socket
 import stat
+from typing import Dict, Union
+
+from ._fd import borrow_socket
 
 # Errors that a TCP-level option gives on a socket of another protocol: Linux answers
 # ENOPROTOOPT for UDP and raw sockets and EOPNOTSUPP for Unix sockets.
@@ -25,22 +28,21 @@ _FAMILIES = {
 def socket_kind(fd: int) -> str:
     """What ``fd`` is, in words: "TCP/IPv4", "UDP/IPv6", "Unix stream", "a pipe"...
 
-    Asks the kernel (SO_DOMAIN / SO_TYPE / SO_PROTOCOL via Python's socket autodetection,
-    or fstat for what is not a socket). For error messages only.
+    Asks the kernel (the family and protocol through Python's socket autodetection, the
+    type by SO_TYPE, or fstat for what is not a socket). For error messages only.
     """
     try:
-        s = socket.socket(fileno=fd)
+        s = borrow_socket(fd, family=-1, proto=-1)
     except OSError:
         return _file_kind(fd)
     try:
-        family, type_, proto = s.family, s.type, s.proto
+        family, type_, proto = s.family, _socket_type(s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)), s.proto
     finally:
         s.detach()
     fam = _FAMILIES.get(family, getattr(family, "name", str(family)))
     if family == getattr(socket, "AF_UNIX", -2):
-        return {socket.SOCK_STREAM: "Unix stream", socket.SOCK_DGRAM: "Unix datagram"}.get(
-            type_, f"Unix ({getattr(type_, 'name', type_)})"
-        )
+        unix: Dict[int, str] = {socket.SOCK_STREAM: "Unix stream", socket.SOCK_DGRAM: "Unix datagram"}
+        return unix.get(type_, f"Unix ({getattr(type_, 'name', type_)})")
     if type_ == socket.SOCK_STREAM and proto in (0, socket.IPPROTO_TCP):
         return f"TCP/{fam}"
     if type_ == socket.SOCK_DGRAM:
@@ -50,6 +52,14 @@ def socket_kind(fd: int) -> str:
     if type_ == getattr(socket, "SOCK_RAW", -1):
         return f"raw/{fam}"
     return f"{fam} {getattr(type_, 'name', type_)} protocol {proto}"
+
+
+def _socket_type(number: int) -> Union[socket.SocketKind, int]:
+    """SO_TYPE's number as socket.SocketKind where Python knows it (for its name)."""
+    try:
+        return socket.SocketKind(number)
+    except ValueError:
+        return number
 
 
 def _file_kind(fd: int) -> str:

@@ -1,21 +1,24 @@
 """The public keepalive API, written once over a backend's primitives.
 
 A backend's keepalive module (fastka/_keepalive_c.pyx, or fastka/_keepalive_py.py, the
-readable specification) provides six primitives over validated fds and planned options:
+readable specification) provides six primitives over validated fds (or members) and planned options:
 
 - ``apply(fds, options) -> [(position, errno, option index)]``: setsockopt every
   ``(level, option, value)`` on each fd, in order, each fd stopping at its first failure;
 - ``match(fd, options) -> 1 / 0 / -errno``: whether fd reads back those values;
 - ``read(fd, [(level, option)]) -> (errno or 0, values read)``;
-- ``dead_states(fds) -> [(position, 1 dead / -errno)]``, the live fds left out, from one
-  zero-timeout poll (fd -1, no socket, is dead);
+- ``dead_states(socks, label) -> [(position, fd, 1 dead / -errno)]``, the live members
+  left out, from one zero-timeout poll; the members are taken as
+  ``fd_of(closed_ok=True)`` takes them (None or a closed socket, fd -1, is dead), an
+  error naming ``label.format(position)``; nothing is formatted unless one is raised;
 - ``tcp_info(fd) -> (errno or 0, fields in the kernel's units)``;
 - ``fds(members, label, closed_ok) -> [fd]``: fastka._fd.fd_of of each member, the
   compiled one taking int fds and socket.socket objects without a Python call.
 
-:func:`bind` turns them into the public functions; arguments, validation, the option
-plan (fastka/_platform.py), unit conversions and error wording all live here or in the
-modules this one imports, so the two backends cannot differ in them.
+:class:`Keepalive` holds the public functions, one method each, over one backend's
+primitives; arguments, validation, the option plan (fastka/_platform.py), unit
+conversions and error wording all live here or in the modules this one imports, so the
+two backends cannot differ in them.
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from . import _platform
 from ._config import KeepaliveConfig, Seconds, ms_to_seconds, native, resolve, update_fields
 from ._errors import keepalive_error
-from ._fd import fd_of
-from ._types import TCP_STATES, KeepaliveState, TcpInfo
+from ._fd import borrow_socket, fd_of
+from ._types import TCP_STATES, KeepaliveState, SocketLike, TcpInfo
 
 PUBLIC = (
     "set_keepalive",
@@ -41,7 +44,7 @@ PUBLIC = (
     "find_dead",
     "create_server",
 )
-"""The functions :func:`bind` makes: what every backend offers."""
+"""The public functions, the methods of :class:`Keepalive`: what every backend offers."""
 
 Failure = Tuple[int, int, str]  # (position in fds, errno, option name)
 Triples = List[Tuple[int, int, int]]
@@ -65,7 +68,10 @@ def _triples(steps: List[_platform.Step]) -> Optional[Triples]:
 def _ioctl(fd: int, value: object) -> int:
     """SIO_KEEPALIVE_VALS on ``fd`` (Windows before 10 1709) through Python's socket.ioctl:
     0, or the errno."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fd)
+    try:
+        s = borrow_socket(fd)
+    except OSError as exc:
+        return exc.errno or errno.EIO
     try:
         s.ioctl(_platform.SIO_KEEPALIVE_VALS, value)  # type: ignore[attr-defined]
     except OSError as exc:
@@ -75,7 +81,7 @@ def _ioctl(fd: int, value: object) -> int:
     return 0
 
 
-def run(prim: Any, fds: List[int], steps: List[_platform.Step], triples: Optional[Triples] = None) -> List[Failure]:
+def apply_steps(prim: Any, fds: List[int], steps: List[_platform.Step], triples: Optional[Triples] = None) -> List[Failure]:
     """Make the option calls of ``steps`` (whose triples, when already known, are
     ``triples``) on each of ``fds``; the failures, each fd stopping at its first. Socket
     options go to the backend in one batch; an ioctl step (Windows before 10 1709) is made
@@ -98,7 +104,7 @@ def run(prim: Any, fds: List[int], steps: List[_platform.Step], triples: Optiona
     return failures
 
 
-_DISABLE = _triples(_platform.DISABLE)
+_DISABLE_TRIPLES = _triples(_platform.DISABLE)
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,40 +139,44 @@ def carry(prim: Any, fd: int, cfg: KeepaliveConfig) -> None:
     steps, triples = _plan(fd, cfg)
     if triples is not None and prim.match(fd, triples) == 1:
         return
-    for _, err, name in run(prim, [fd], steps, triples):
+    for _, err, name in apply_steps(prim, [fd], steps, triples):
         raise keepalive_error(err, fd, name)
 
 
-def _public(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Name a bound function as the package exports it."""
-    fn.__module__ = "fastka"
-    fn.__qualname__ = fn.__name__
-    return fn
+class Keepalive:
+    """The public keepalive functions over one backend's primitives.
 
+    Each method is the public function of the same name (``fastka.set_keepalive`` is
+    the default backend's bound ``set_keepalive``); fastka/_backends.py makes one per
+    backend. ``primitives`` is the backend's primitives module (see this module's
+    docstring).
+    """
 
-def bind(prim: Any) -> Dict[str, Callable[..., Any]]:
-    """The public keepalive functions over ``prim``, a backend's primitives module;
-    {name: function} for every name of :data:`PUBLIC`."""
+    def __init__(self, primitives: Any) -> None:
+        self._prim = primitives
 
-    def apply_or_raise(fd: int, steps: List[_platform.Step], triples: Optional[Triples] = None) -> None:
+    def _apply_or_raise(self, fd: int, steps: List[_platform.Step], triples: Optional[Triples] = None) -> None:
+        """Make the option calls of ``steps`` on ``fd``; OSError naming the option that failed."""
         if triples is not None:  # the common case, straight to the backend
-            for _, err, i in prim.apply([fd], triples):
+            for _, err, i in self._prim.apply([fd], triples):
                 raise keepalive_error(err, fd, steps[i][0])
             return
-        for _, err, name in run(prim, [fd], steps):
+        for _, err, name in apply_steps(self._prim, [fd], steps):
             raise keepalive_error(err, fd, name)
 
-    def read_state(fd: int) -> KeepaliveState:
+    def _read_state(self, fd: int) -> KeepaliveState:
+        """get_keepalive of ``fd``, an fd already validated."""
         table = _platform.CURRENT
         names, options = _reads(id(table))
-        err, values = prim.read(fd, options)
+        err, values = self._prim.read(fd, options)
         if err:
             raise keepalive_error(err, fd, names[len(values)])
         ut_ms = _platform.user_timeout_ms(values[4], table) if len(values) > 4 else 0
         return KeepaliveState(bool(values[0]), values[1], values[2], values[3], ms_to_seconds(ut_ms) if ut_ms else None)
 
     def set_keepalive(
-        sock: Any,
+        self,
+        sock: SocketLike,
         config: Optional[KeepaliveConfig] = None,
         *,
         idle: Optional[Seconds] = None,
@@ -177,47 +187,62 @@ def bind(prim: Any) -> Dict[str, Callable[..., Any]]:
         """Enable SO_KEEPALIVE on ``sock`` and apply ``config`` (default ``KeepaliveConfig()``)
         with the keyword overrides; returns the config applied.
 
-        Times in seconds. Raises TypeError/ValueError for bad arguments (before any system
-        call) and OSError naming the fd and the option when the kernel refuses.
+        ``sock`` is a socket, an object with ``fileno()`` or an int fd. ``idle``,
+        ``interval`` and ``user_timeout`` are seconds, ``count`` probes, each checked as
+        KeepaliveConfig checks it. Raises TypeError/ValueError for bad arguments (before
+        any system call) and OSError (errno kept) naming the fd and the option when the
+        kernel refuses.
         """
         cfg = resolve(config, idle, interval, count, user_timeout)
         fd = fd_of(sock)
-        apply_or_raise(fd, *_plan(fd, cfg))
+        self._apply_or_raise(fd, *_plan(fd, cfg))
         return cfg
 
     def update_keepalive(
-        sock: Any,
+        self,
+        sock: SocketLike,
         *,
         idle: Optional[Seconds] = None,
         interval: Optional[Seconds] = None,
         count: Optional[int] = None,
         user_timeout: Optional[Seconds] = None,
     ) -> KeepaliveState:
-        """Enable keepalive on ``sock`` and change only the fields given (seconds); the
-        others stay as the kernel has them. Returns the state read back afterwards.
+        """Enable keepalive on ``sock`` and change only the fields given (seconds; ``count``
+        probes); the others stay as the kernel has them. Returns the state read back
+        afterwards.
 
-        On Windows before 10 1709, whose SIO_KEEPALIVE_VALS always writes idle and
-        interval, a missing one comes from what fastka last set on this socket, else from
-        the system defaults.
+        Raises what set_keepalive raises. On Windows before 10 1709, whose
+        SIO_KEEPALIVE_VALS always writes idle and interval, a missing one comes from what
+        fastka last set on this socket, else from the system defaults.
         """
         fields = update_fields(idle, interval, count, user_timeout)
         fd = fd_of(sock)
-        apply_or_raise(fd, _platform.steps_for(fd, *fields))
-        return read_state(fd)
+        self._apply_or_raise(fd, _platform.steps_for(fd, *fields))
+        return self._read_state(fd)
 
-    def disable_keepalive(sock: Any) -> None:
-        """Turn SO_KEEPALIVE off on ``sock`` (the other values stay as they are)."""
+    def disable_keepalive(self, sock: SocketLike) -> None:
+        """Turn SO_KEEPALIVE off on ``sock`` (the other values stay as they are).
+
+        TypeError/ValueError for a ``sock`` with no usable fd; OSError (errno kept) naming
+        the fd when the kernel refuses.
+        """
         fd = fd_of(sock)
-        apply_or_raise(fd, _platform.DISABLE, _DISABLE)
+        self._apply_or_raise(fd, _platform.DISABLE, _DISABLE_TRIPLES)
         _platform.windows_forget(fd)
 
-    def get_keepalive(sock: Any) -> KeepaliveState:
-        """Keepalive settings of ``sock`` as the kernel reports them (seconds; user_timeout
-        None when unset)."""
-        return read_state(fd_of(sock))
+    def get_keepalive(self, sock: SocketLike) -> KeepaliveState:
+        """Keepalive settings of ``sock`` as the kernel reports them: ``idle``, ``interval``
+        and ``user_timeout`` in seconds (``user_timeout`` None when unset), ``count`` in
+        probes.
+
+        TypeError/ValueError for a ``sock`` with no usable fd; OSError (errno kept) naming
+        the fd and the option when the kernel refuses (a pipe, a UDP socket, ...).
+        """
+        return self._read_state(fd_of(sock))
 
     def set_keepalive_many(
-        socks: Iterable[Any],
+        self,
+        socks: Iterable[SocketLike],
         config: Optional[KeepaliveConfig] = None,
         *,
         idle: Optional[Seconds] = None,
@@ -225,30 +250,34 @@ def bind(prim: Any) -> Dict[str, Callable[..., Any]]:
         count: Optional[int] = None,
         user_timeout: Optional[Seconds] = None,
     ) -> Dict[int, OSError]:
-        """Apply one config to every socket of ``socks``; returns {fd: OSError} for those
-        the kernel refused (empty when all succeeded). A failing socket never stops the
-        others.
+        """Apply one config (as set_keepalive does, times in seconds) to every socket of
+        ``socks``; returns {fd: OSError} for those the kernel refused (empty when all
+        succeeded). A failing socket never stops the others.
 
         A member with no usable fd (no fileno(), a closed socket object, a negative fd)
-        is a TypeError/ValueError raised before any socket is touched, as set_keepalive
-        does.
+        is a TypeError/ValueError, naming the member, raised before any socket is
+        touched, as set_keepalive does.
         """
         cfg = resolve(config, idle, interval, count, user_timeout)
-        fds = prim.fds(snapshot(socks, "socks"), "socks[{}]")
+        fds = self._prim.fds(snapshot(socks, "socks"), "socks[{}]")
         if _platform.windows_per_option():
-            failures = run(prim, fds, *_plan(-1, cfg))
+            failures = apply_steps(self._prim, fds, *_plan(-1, cfg))
         else:  # each fd has its own SIO_KEEPALIVE_VALS fill
-            failures = [(pos, err, name) for pos, fd in enumerate(fds) for _, err, name in run(prim, [fd], *_plan(fd, cfg))]
+            failures = [(pos, err, name) for pos, fd in enumerate(fds) for _, err, name in apply_steps(self._prim, [fd], *_plan(fd, cfg))]
         return {fds[pos]: keepalive_error(err, fds[pos], name) for pos, err, name in failures}
 
-    def tcp_info(sock: Any) -> TcpInfo:
+    def tcp_info(self, sock: SocketLike) -> TcpInfo:
         """Linux TCP_INFO of ``sock``: state, retransmission and probe counters, times in
-        seconds. Raises NotImplementedError on other platforms, OSError from the kernel."""
+        seconds.
+
+        Raises NotImplementedError on other platforms, TypeError/ValueError for a ``sock``
+        with no usable fd, OSError (errno kept) naming the fd from the kernel.
+        """
         table = _platform.CURRENT
         if table is not _platform.LINUX:
             raise NotImplementedError(f"tcp_info reads Linux's TCP_INFO, which {table.title} does not have")
         fd = fd_of(sock)
-        err, f = prim.tcp_info(fd)
+        err, f = self._prim.tcp_info(fd)
         if err:
             raise keepalive_error(err, fd, "TCP_INFO")
         return TcpInfo(
@@ -266,19 +295,22 @@ def bind(prim: Any) -> Dict[str, Callable[..., Any]]:
             total_retrans=f[11],
         )
 
-    def is_alive(sock: Any) -> bool:
+    def is_alive(self, sock: SocketLike) -> bool:
         """False once the peer sent FIN (even with data still unread) or RST, a keepalive
         or user timeout fired, or an error is pending; True otherwise. Non-blocking;
-        consumes neither data nor the pending error. OSError(EBADF) for an fd that is not
-        open."""
+        consumes neither data nor the pending error.
+
+        TypeError/ValueError for a ``sock`` with no usable fd; OSError(EBADF) for an fd
+        that is not open.
+        """
         fd = fd_of(sock)
-        for _, state in prim.dead_states([fd]):
+        for _, _, state in self._prim.dead_states([fd]):
             if state < 0:
                 raise keepalive_error(-state, fd, "poll")
             return False
         return True
 
-    def find_dead(socks: Iterable[Any], *, key: Optional[Callable[[Any], Any]] = None) -> List[Any]:
+    def find_dead(self, socks: Iterable[Any], *, key: Optional[Callable[[Any], Optional[SocketLike]]] = None) -> List[Any]:
         """The members of ``socks`` whose connection is dead as is_alive says, in their
         order, from one poll over all of them. ``key(member)`` gives the socket to check
         (default: the member itself); a member whose socket is None or closed
@@ -291,17 +323,18 @@ def bind(prim: Any) -> Dict[str, Callable[..., Any]]:
             raise TypeError(f"key must be a callable or None, not {type(key).__name__}: {key!r}")
         members = snapshot(socks, "socks")
         if key is None:
-            fds = prim.fds(members, "socks[{}]", True)
+            states = self._prim.dead_states(members, "socks[{}]")
         else:
-            fds = prim.fds([key(m) for m in members], "key(socks[{}])", True)
+            states = self._prim.dead_states([key(m) for m in members], "key(socks[{}])")
         dead: List[Any] = []
-        for i, state in prim.dead_states(fds):
+        for i, fd, state in states:
             if state < 0:
-                raise keepalive_error(-state, fds[i], "poll")
+                raise keepalive_error(-state, fd, "poll")
             dead.append(members[i])
         return dead
 
     def create_server(
+        self,
         address: Tuple[Any, ...],
         config: Optional[KeepaliveConfig] = None,
         *,
@@ -322,12 +355,8 @@ def bind(prim: Any) -> Dict[str, Callable[..., Any]]:
             address, family=family, backlog=backlog, reuse_port=reuse_port, dualstack_ipv6=dualstack_ipv6
         )
         try:
-            set_keepalive(sock, cfg)
+            self.set_keepalive(sock, cfg)
         except BaseException:
             sock.close()
             raise
         return sock
-
-    functions = (set_keepalive, update_keepalive, disable_keepalive, get_keepalive, set_keepalive_many,
-                 tcp_info, is_alive, find_dead, create_server)
-    return {fn.__name__: _public(fn) for fn in functions}

@@ -3,9 +3,10 @@
 src/liveness.c. fastka/_keepalive.py builds the public API on them; fastka/_keepalive_py.py
 is the same interface in Python, the readable specification.
 
-Each function takes fds that are already validated (0..INT_MAX) and option triples from
-fastka/_platform.plan(), and reports kernel errors as errno numbers; it makes its system
-calls with the GIL released.
+Each function takes fds that are already validated (0..INT_MAX; ``fds`` and
+``dead_states`` the members themselves) and option triples from fastka/_platform.plan(),
+and reports kernel errors as errno numbers; it makes its system calls with the GIL
+released.
 """
 import os
 import socket
@@ -19,7 +20,7 @@ cdef object _SOCKET = socket.socket
 cdef long _FD_MAX = FD_MAX
 
 
-def fds(list members, str label, bint closed_ok=False):
+def fds(list members, label, bint closed_ok=False):
     """fd_of for every member (``label.format(i)`` names member i in an error), taking an
     int fd or a socket.socket without a Python call; fd_of decides everything else."""
     cdef Py_ssize_t i, n = len(members)
@@ -36,7 +37,7 @@ def fds(list members, str label, bint closed_ok=False):
             if fd >= 0 or (closed_ok and fd == -1):
                 out[i] = fd
                 continue
-        out[i] = fd_of(s, label.format(i), closed_ok=closed_ok)
+        out[i] = fd_of(s, label, closed_ok=closed_ok, index=i)
     return out
 
 
@@ -129,14 +130,16 @@ def read(int fd, list options):
         free(o)
 
 
-def dead_states(list fds):
-    """``[(position, state)]`` for each of ``fds`` that is dead (state 1: what is_alive
-    calls dead, or fd -1: no socket) or cannot be polled (state -errno), in order, from
-    one zero-timeout poll (src/liveness.h); the live ones are left out. OSError when poll
-    itself fails."""
-    cdef Py_ssize_t i, n = len(fds)
+def dead_states(list socks, label="socks[{}]"):
+    """``[(position, fd, state)]`` for each member of ``socks`` that is dead (state 1: what
+    is_alive calls dead, or None / a closed socket, fd -1) or cannot be polled (state
+    -errno), in order, from one zero-timeout poll (src/liveness.h); the live ones are left
+    out. The members are taken as :func:`fds` takes them with ``closed_ok``. OSError when
+    poll itself fails."""
+    cdef list numbers = fds(socks, label, True)
+    cdef Py_ssize_t i, n = len(numbers)
     cdef long rc
-    cdef int *a = _fds(fds)
+    cdef int *a = _fds(numbers)
     cdef int *states = <int *>malloc((n if n else 1) * sizeof(int))
     try:
         if states == NULL:
@@ -145,7 +148,7 @@ def dead_states(list fds):
             rc = fk_find_dead(a, <size_t>n, states)  # poll(2) skips a negative fd
         if rc < 0:
             raise OSError(<int>-rc, f"poll over {n} fds failed: {os.strerror(<int>-rc)}")
-        return [(i, 1 if a[i] < 0 else states[i]) for i in range(n) if states[i] or a[i] < 0]
+        return [(i, a[i], 1 if a[i] < 0 else states[i]) for i in range(n) if states[i] or a[i] < 0]
     finally:
         free(a)
         free(states)

@@ -2,32 +2,57 @@
 compiled ones (fastka/_keepalive_c.pyx over src/sockopt.c and src/liveness.c).
 
 Same functions, arguments, results and errno numbers; fastka/_keepalive.py builds the
-public API on either. Each function takes fds that are already validated (0..INT_MAX) and
-option triples from fastka/_platform.plan(), and reports kernel errors as errno numbers.
+public API on either. Each function takes fds that are already validated (0..INT_MAX;
+``fds`` and ``dead_states`` the members themselves) and option triples from
+fastka/_platform.plan(), and reports kernel errors as errno numbers.
 """
 from __future__ import annotations
 
 import errno
 import socket
 import struct
+from itertools import compress, count
 from typing import List, Tuple
 
 from . import _platform
-from ._fd import fd_of
-from ._liveness_py import dead_states
+from ._fd import borrow_socket, fd_of
+from ._liveness_py import find_dead
+
+_SOCKET_ONLY = {socket.socket}
+_SOCKET_FILENO = socket.socket.fileno  # the C method, called from C by map()
 
 __all__ = ["apply", "dead_states", "fds", "match", "read", "tcp_info"]
 
 
 def fds(members: List[object], label: str, closed_ok: bool = False) -> List[int]:
     """fd_of for every member (``label.format(i)`` names member i in an error)."""
-    return [fd_of(m, label.format(i), closed_ok=closed_ok) for i, m in enumerate(members)]
+    return [fd_of(m, label, closed_ok=closed_ok, index=i) for i, m in enumerate(members)]
 
 
-def _borrow(fd: int) -> socket.socket:
-    """A socket object over ``fd``, to be detach()ed, never closed. The family, type and
-    protocol are given so that Python asks the kernel nothing; OSError for a closed fd."""
-    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fd)
+def dead_states(socks: List[object], label: str = "socks[{}]") -> List[Tuple[int, int, int]]:
+    """``[(position, fd, state)]`` for each member of ``socks`` that is dead (state 1:
+    what fastka.is_alive calls dead, or None / a closed socket, fd -1) or not open (state
+    -EBADF), in order, from one zero-timeout poll; the live ones are left out.
+
+    The members are taken as fd_of(closed_ok=True) takes them; one with no usable fd is
+    its TypeError/ValueError (``label.format(i)`` names member i). Plain socket.socket
+    objects and int fds cost nothing beyond the poll; error messages, and the exact
+    checks of fd_of for every member, come only when a member needs them.
+    """
+    try:
+        if {*map(type, socks)} == _SOCKET_ONLY:  # a pool of plain sockets: no Python call per member
+            numbers = list(map(_SOCKET_FILENO, socks))  # type: ignore[arg-type]
+        else:
+            numbers = [s if type(s) is int else fd_of(s, closed_ok=True) for s in socks]
+        states = find_dead(numbers)  # poll's register refuses a negative or out-of-range fd
+    except Exception:  # None, closed, or bad: fd_of takes them in order and raises what is first
+        numbers = fds(socks, label, closed_ok=True)
+        states = find_dead([fd for fd in numbers if fd >= 0])
+        if -1 in numbers:
+            states[-1] = 1
+    if not states:
+        return []
+    return [(i, numbers[i], states[numbers[i]]) for i in compress(count(), map(states.__contains__, numbers))]
 
 
 def _errno(exc: OSError) -> int:
@@ -39,7 +64,7 @@ def _apply_one(fd: int, options: List[Tuple[int, int, int]]) -> Tuple[int, int]:
     if not options:
         return 0, 0
     try:
-        s = _borrow(fd)
+        s = borrow_socket(fd)
     except OSError as exc:  # the first call on a closed fd would fail the same way
         return _errno(exc), 0
     try:
@@ -72,7 +97,7 @@ def read(fd: int, options: List[Tuple[int, int]]) -> Tuple[int, List[int]]:
     if not options:
         return 0, values
     try:
-        s = _borrow(fd)
+        s = borrow_socket(fd)
     except OSError as exc:
         return _errno(exc), values
     try:
@@ -128,7 +153,7 @@ def tcp_info(fd: int) -> Tuple[int, Tuple[int, ...]]:
     if _platform.CURRENT is not _platform.LINUX:
         return errno.ENOPROTOOPT, ()
     try:
-        s = _borrow(fd)
+        s = borrow_socket(fd)
     except OSError as exc:
         return _errno(exc), ()
     try:

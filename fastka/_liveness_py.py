@@ -4,8 +4,9 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List
 
+from ._fd import borrow_socket
 from ._types import Event
 
 # POLLRDHUP (the peer shut its writing side) is Linux's; elsewhere a FIN is an empty peek.
@@ -22,15 +23,10 @@ def error_event(err: int) -> Event:
     return Event.ERROR
 
 
-def _borrow(fd: int) -> socket.socket:
-    """A socket object over ``fd`` that the caller must ``detach()``, never close."""
-    return socket.socket(fileno=fd)
-
-
 def pending_error(fd: int) -> int:
     """SO_ERROR of ``fd`` (reading clears it), or the errno of the getsockopt itself."""
     try:
-        s = _borrow(fd)
+        s = borrow_socket(fd)
     except OSError as exc:
         return exc.errno or errno.EBADF
     try:
@@ -43,7 +39,7 @@ def pending_error(fd: int) -> int:
 
 def peek(fd: int) -> int:
     """PEEK_EMPTY / PEEK_DATA / PEEK_EOF for a one-byte MSG_PEEK, or -errno on failure."""
-    s = _borrow(fd)
+    s = borrow_socket(fd)
     try:
         data = s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
@@ -55,37 +51,42 @@ def peek(fd: int) -> int:
     return PEEK_DATA if data else PEEK_EOF
 
 
-def dead_states(fds: List[int]) -> List[Tuple[int, int]]:
-    """``[(position, state)]`` for each of ``fds`` that is dead (state 1, or fd -1: no
-    socket) or not open (state -EBADF), in order, from one zero-timeout poll; the live
-    ones are left out.
+# poll(2) reports POLLHUP, POLLERR and POLLNVAL whatever is asked; POLLIN is asked only
+# where a FIN must be found by a peek.
+_HAVE_POLL = hasattr(select, "poll")  # not on Windows
+_POLL_EVENTS = (POLLRDHUP or select.POLLIN) if _HAVE_POLL else 0
+_GONE = (select.POLLERR | select.POLLHUP | POLLRDHUP) if _HAVE_POLL else 0
+
+
+def find_dead(fds: List[int]) -> Dict[int, int]:
+    """``{fd: state}`` for each fd of ``fds`` (0..INT_MAX: poll's register raises
+    ValueError/OverflowError/TypeError for anything else) that is dead (state 1) or not
+    open (state -EBADF), from one zero-timeout poll; the live ones are left out.
 
     Dead is what fastka.is_alive calls dead: the peer sent FIN or RST, a keepalive or
     user timeout fired, or an error is pending (POLLRDHUP, POLLHUP or POLLERR; where
     there is no POLLRDHUP, a readable socket whose peek is empty). Neither data nor the
     pending error is consumed. Mirrors fk_find_dead in src/liveness.c.
     """
-    polled = [fd for fd in fds if fd >= 0]
-    if not hasattr(select, "poll"):  # Windows: select() in chunks under its FD_SETSIZE
-        by_fd = _dead_states_select(polled)
-    else:
-        by_fd = {}
-        p = select.poll()
-        for fd in polled:
-            if fd not in by_fd:
-                p.register(fd, select.POLLIN | POLLRDHUP)
-                by_fd[fd] = 0
-        for fd, revents in p.poll(0):
-            if revents & select.POLLNVAL:
-                by_fd[fd] = -errno.EBADF
-            elif revents & (select.POLLERR | select.POLLHUP | POLLRDHUP):
-                by_fd[fd] = 1
-            elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
-                by_fd[fd] = 1
-    return [(i, 1 if fd < 0 else by_fd[fd]) for i, fd in enumerate(fds) if fd < 0 or by_fd[fd]]
+    if not _HAVE_POLL:  # select() in chunks under its FD_SETSIZE
+        return _find_dead_select(fds)
+    p = select.poll()
+    register = p.register
+    for fd in fds:
+        register(fd, _POLL_EVENTS)
+    states = {}
+    for fd, revents in p.poll(0):
+        if revents & select.POLLNVAL:
+            states[fd] = -errno.EBADF
+        elif revents & _GONE:
+            states[fd] = 1
+        elif not POLLRDHUP and revents & select.POLLIN and peek(fd) == PEEK_EOF:
+            states[fd] = 1
+    return states
 
 
-def _dead_states_select(fds: Iterable[int]) -> Dict[int, int]:
+def _find_dead_select(fds: Iterable[int]) -> Dict[int, int]:
+    """find_dead through select() (no poll): a readable socket whose peek is not data is dead."""
     states = dict.fromkeys(fds, 0)
     todo = list(states)
     for base in range(0, len(todo), 500):
@@ -107,4 +108,4 @@ def _dead_states_select(fds: Iterable[int]) -> Dict[int, int]:
         for fd in readable:
             if peek(fd) != PEEK_DATA:
                 states[fd] = 1
-    return states
+    return {fd: state for fd, state in states.items() if state}

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fastka import KeepaliveConfig
+from fastka import Event, KeepaliveConfig
 from fastka._config import DEFAULT
 from repo import ROOT
 
@@ -315,6 +315,38 @@ def test_many_validates_the_config_before_any_call(backend, tcp):
     assert kernel(tcp)[0] == 0
 
 
+# -- the fd is left as it is ---------------------------------------------------------------
+
+
+def test_every_call_leaves_the_fd_blocking_under_a_default_timeout(backend, tcp_pair):
+    """socket.setdefaulttimeout() set by the application must not make fastka switch a
+    blocking fd to non-blocking (Python does so to any socket object it builds over an
+    fd, which the fallback borrows for its socket calls)."""
+    client, server = tcp_pair
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fd = server.fileno()
+    try:
+        socket.setdefaulttimeout(5)
+        backend.set_keepalive(fd, idle=30)
+        backend.update_keepalive(fd, count=3)
+        backend.get_keepalive(fd)
+        backend.tcp_info(fd)
+        assert backend.set_keepalive_many([fd]) == {}
+        assert backend.is_alive(fd) and backend.find_dead([fd]) == []
+        backend.disable_keepalive(fd)
+        with pytest.raises(OSError, match="not a TCP socket"):  # the error names the kind of socket
+            backend.set_keepalive(udp.fileno())
+        with backend.KeepaliveManager(None, close=False) as mgr:  # peeks at a readable socket
+            mgr.add(fd)
+            client.sendall(b"x")
+            assert [ev for _, ev in mgr.poll(5)] == [Event.READABLE]
+    finally:
+        socket.setdefaulttimeout(None)
+        udp_blocking = os.get_blocking(udp.fileno())
+        udp.close()
+    assert os.get_blocking(fd) and udp_blocking
+
+
 # -- the primitives' contract with the manager -------------------------------------------
 
 
@@ -445,23 +477,3 @@ def test_create_server_closes_the_socket_when_keepalive_fails(backend, tmp_path)
     with pytest.raises(OSError) as info:
         backend.create_server(str(tmp_path / "sock"), family=socket.AF_UNIX)
     assert "is not a TCP socket (it is Unix stream)" in str(info.value)
-
-
-# -- one API, visible signatures ---------------------------------------------------------
-
-
-def test_every_public_function_has_the_same_signature_on_both_backends(backend):
-    import inspect
-
-    from fastka import _keepalive
-    from fastka._backends import load
-
-    reference = load("python")
-    for name in _keepalive.PUBLIC:
-        fn = getattr(backend, name)
-        assert inspect.signature(fn) == inspect.signature(getattr(reference, name)), name
-        assert fn.__module__ == "fastka" and fn.__doc__, name
-    for method in ("add", "remove", "touch", "poll", "fileno", "next_deadline", "close"):
-        inspect.signature(getattr(backend.KeepaliveManager, method))  # compiled too (binding=True)
-    assert list(inspect.signature(backend.set_keepalive).parameters) == [
-        "sock", "config", "idle", "interval", "count", "user_timeout"]

@@ -113,7 +113,7 @@ def test_windows_legacy_count_is_asked_for_not_ignored(monkeypatch):
         return 0
 
     monkeypatch.setattr(_keepalive, "_ioctl", ioctl)
-    assert _keepalive.run(OldWindows, [7], steps) == [(0, errno.ENOPROTOOPT, "TCP_KEEPCNT")]
+    assert _keepalive.apply_steps(OldWindows, [7], steps) == [(0, errno.ENOPROTOOPT, "TCP_KEEPCNT")]
     assert calls == [("setsockopt", socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1), ("ioctl", 7, (1, 60_000, 10_000)),
                      ("setsockopt", TCP, 16, 5)]
 
