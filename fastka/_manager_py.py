@@ -65,7 +65,6 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 from . import _manager as common
-from ._config import KeepaliveConfig
 from ._fd import fd_of
 from ._liveness_py import PEEK_DATA, PEEK_EMPTY, PEEK_EOF, error_event, peek, pending_error
 from ._types import Event

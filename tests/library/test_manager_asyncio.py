@@ -1,8 +1,12 @@
-"""The README's asyncio example, run as written: an asyncio echo server whose reads stay
-with asyncio while a KeepaliveManager (watch_readable=False) reaps idle connections."""
+"""The README's asyncio example, run as written (on asyncio's loop and uvloop): an asyncio
+echo server whose reads stay with asyncio while a KeepaliveManager (watch_readable=False)
+reaps idle connections."""
 from __future__ import annotations
 
 import asyncio
+
+import aio_helpers
+from aio_helpers import loop_kind  # noqa: F401  (a fixture)
 
 EXAMPLE = '''
 import asyncio
@@ -88,10 +92,10 @@ async def _scenario(ns):
         mgr.close()
 
 
-def test_readme_asyncio_example(monkeypatch, backend):
+def test_readme_asyncio_example(monkeypatch, backend, loop_kind):
     import fastka
 
     monkeypatch.setattr(fastka, "KeepaliveManager", backend.KeepaliveManager)
     ns: dict = {}
     exec(compile(EXAMPLE, "README-asyncio-example", "exec"), ns)
-    asyncio.run(_scenario(ns))
+    aio_helpers.run(loop_kind, lambda: _scenario(ns))
