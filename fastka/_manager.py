@@ -20,7 +20,8 @@ import sys
 from typing import Any, Callable, NamedTuple, Optional, cast
 
 from . import _jitter
-from ._config import KeepaliveConfig
+from ._config import KeepaliveConfig, Seconds
+from ._fd import borrow_socket
 from ._types import Event
 
 MAX_TIMEOUT = 1e9  # seconds (~31.7 years): the largest idle_timeout / max_lifetime
@@ -119,10 +120,10 @@ class Settings(NamedTuple):
 
 
 def settings(
-    idle_timeout: Optional[float] = 75.0,
+    idle_timeout: Optional[Seconds] = 75.0,
     *,
     max_requests: Optional[int] = None,
-    max_lifetime: Optional[float] = None,
+    max_lifetime: Optional[Seconds] = None,
     keepalive: Optional[KeepaliveConfig] = None,
     close: bool = True,
     watch_readable: bool = True,
@@ -211,12 +212,13 @@ def socket_type(sock: object, fd: int) -> Optional[int]:
     if isinstance(sock, socket.socket):
         return sock.type
     try:
-        s = socket.socket(fileno=fd)  # reads SO_TYPE
+        s = borrow_socket(fd)
     except OSError:
         return None
-    kind = s.type
-    s.detach()
-    return int(kind)
+    try:
+        return s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    finally:
+        s.detach()
 
 
 def check_stream(fd: int, kind: Optional[int]) -> None:
@@ -246,7 +248,7 @@ def close_dropped(obj: Any, fd: int, event: Event) -> None:
             if isinstance(obj, socket.socket):
                 obj.shutdown(socket.SHUT_WR)
             else:
-                s = socket.socket(fileno=fd)
+                s = borrow_socket(fd)
                 try:
                     s.shutdown(socket.SHUT_WR)
                 finally:

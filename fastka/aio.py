@@ -164,9 +164,6 @@ class KeepaliveReaper:
         sock = transport.get_extra_info("socket")
         if sock is None:
             raise TypeError(f"transport must have a socket (get_extra_info('socket')), {transport!r} has none")
-        kind = getattr(sock, "type", None)
-        if kind != socket.SOCK_STREAM:
-            raise TypeError(f"transport must carry a stream (TCP) socket, {transport!r} has a socket of type {kind!r}")
         fd = sock.fileno()
         if fd < 0:
             raise ValueError(f"the socket of {transport!r} is closed (fileno() -1)")

@@ -598,21 +598,3 @@ def test_signature_and_docstring_are_the_shared_ones(backend):
     text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
     assert "KeepaliveManager(idle_timeout" in text and "jitter" in text and "Track many keep-alive" in text
     assert "see fastka/_manager_py.py" not in text and "*args, **kwargs)\n |  \n |  Track" not in text
-
-
-def test_public_stub_matches_the_signature():
-    """fastka/__init__.pyi declares the constructor as fastka._manager.settings has it."""
-    import ast
-    import inspect
-
-    from repo import ROOT
-
-    from fastka import _manager
-
-    with open(os.path.join(ROOT, "fastka", "__init__.pyi")) as f:
-        tree = ast.parse(f.read())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KeepaliveManager")
-    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
-    stub = [(a.arg, "positional") for a in init.args.args[1:]] + [(a.arg, "keyword") for a in init.args.kwonlyargs]
-    kinds = {inspect.Parameter.POSITIONAL_OR_KEYWORD: "positional", inspect.Parameter.KEYWORD_ONLY: "keyword"}
-    assert stub == [(p.name, kinds[p.kind]) for p in _manager.SIGNATURE.parameters.values()]
