@@ -42,6 +42,14 @@ def test_main_help_lists_every_subcommand(module):
         assert re.search(rf"^\s+{name}\s+\S", r.stdout, re.M), r.stdout
 
 
+@pytest.mark.parametrize("module", ["fastka", "fastka.cli"])
+def test_no_command_prints_the_help(module):
+    """`fastka` alone shows what it can do, exactly as `fastka --help` does, with status 0."""
+    r = fastka_cmd(module=module)
+    assert (r.returncode, r.stderr) == (0, ""), r
+    assert r.stdout == fastka_cmd("--help", module=module).stdout
+
+
 def test_version():
     r = fastka_cmd("--version")
     assert r.returncode == 0 and r.stdout == f"fastka {fastka.__version__}\n"
@@ -72,6 +80,8 @@ def test_subcommand_help(cmd, flags):
     (["bench", "--sizes", "0"], "argument --sizes: 0 is out of range; allowed: 10.."),
     (["bench", "--sizes", "100,ten"], "argument --sizes: 'ten' is not an integer"),
     (["bench", "--sizes", ","], "argument --sizes: ',' holds no number"),
+    (["bench", "--sizes", "10,,20"], "argument --sizes: '10,,20' has an empty item between commas; give N or N,N"),
+    (["bench", "--sizes", "10,20,"], "argument --sizes: '10,20,' has an empty item between commas"),
     (["bench", "--sizes", "99999999"], "argument --sizes: 99999999 is out of range; allowed: 10.."),
     (["bench", "--repeat", "-1"], "argument --repeat: -1 is out of range; allowed: 1..1000"),
     (["bench", "--repeat", "2e9"], "argument --repeat: '2e9' is not an integer; allowed: 1..1000"),
@@ -87,7 +97,7 @@ def test_subcommand_help(cmd, flags):
     (["serve", "--tcp-keepalive", "0:1:2"], "--tcp-keepalive"),
     (["info", "--bogus"], "--bogus"),
     (["nosuchcommand"], "nosuchcommand"),
-    ([], "COMMAND"),
+    (["--bogus"], "COMMAND"),
 ])
 def test_bad_flags_one_line_exit_2(args, message):
     r = fastka_cmd(*args)
@@ -241,6 +251,22 @@ def test_integers_sorted_without_repeats():
     assert _args.integers(10, 100)("20,10,20, 10") == [10, 20]
 
 
+@pytest.mark.parametrize("why,unit,message", [
+    ("", "", "5 is out of range; allowed: 10..20"),
+    ("", "bytes", "5 is out of range; allowed: 10..20 bytes"),
+    ("the open-file limit", "", "5 is out of range; allowed: 10..20 (set by the open-file limit)"),
+    ("the open-file limit", "bytes", "5 is out of range; allowed: 10..20 bytes (set by the open-file limit)"),
+])
+def test_range_message_names_the_unit_and_the_bound(why, unit, message):
+    import argparse
+
+    from fastka.cli import _args
+
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        _args.integer(10, 20, why, unit=unit)("5")
+    assert str(info.value) == message
+
+
 def test_a_bound_below_the_least_is_named():
     """A tiny open-file limit: the message says the limit is too low, not "allowed: 10..3"."""
     import argparse
@@ -292,3 +318,26 @@ def test_running_out_of_ports_is_one_clear_error(code):
                         r"|loopback connection 100 of 200 failed): Cannot assign requested address \d+\n",
                         r.stdout), r.stdout
     assert int(r.stdout.split()[-1]) < 5, r.stdout
+
+
+@pytest.mark.parametrize("module", ["bench", "demo"])
+def test_subcommand_uses_the_public_api_and_the_backend_registry(module):
+    """bench and demo are written as a user would write them: names from ``fastka`` itself,
+    plus ``fastka._backends`` to run both backends side by side; no other private module."""
+    import ast
+
+    path = os.path.join(ROOT, "fastka", "cli", f"{module}.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    private = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            package = {0: "", 1: "fastka.cli", 2: "fastka"}[node.level]
+            where = ".".join(p for p in (package, node.module or "") if p)
+            if where == "fastka":
+                private += [f"fastka.{a.name}" for a in node.names if a.name.startswith("_") and a.name != "_backends"]
+            elif where.startswith("fastka.") and not where.startswith("fastka.cli") and where != "fastka._backends":
+                private.append(where)
+        elif isinstance(node, ast.Import):
+            private += [a.name for a in node.names if a.name.startswith("fastka.") and a.name != "fastka._backends"]
+    assert private == [], private
