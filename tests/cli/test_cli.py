@@ -341,3 +341,89 @@ def test_subcommand_uses_the_public_api_and_the_backend_registry(module):
         elif isinstance(node, ast.Import):
             private += [a.name for a in node.names if a.name.startswith("fastka.") and a.name != "fastka._backends"]
     assert private == [], private
+
+
+# -- docs/cli.rst quotes what the command prints today -----------------------------------
+
+CLI_PAGE = os.path.join(ROOT, "docs", "cli.rst")
+
+
+def quoted(first: str) -> list:
+    """The lines docs/cli.rst quotes after ``first`` (a ``$ command`` line, or the first line
+    of a literal block) to the end of that block or the next ``$`` command, without the
+    block's indent."""
+    if not os.path.exists(CLI_PAGE):
+        pytest.skip("docs/ is not beside the tests (installed-wheel run)")
+    with open(CLI_PAGE, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == first and (
+        first.startswith("$ ") or [ln for ln in lines[:i] if ln.strip()][-1].endswith("::"))]
+    assert starts, f"docs/cli.rst does not quote {first!r}"
+    start = starts[0]
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    block = []
+    for line in lines[start + 1:]:
+        if line.strip() and (len(line) - len(line.lstrip()) < indent or line.strip().startswith("$ ")):
+            break
+        block.append(line[indent:])
+    while block and not block[-1].strip():
+        block.pop()
+    return block
+
+
+def fastka_at_80_columns(*args: str, env: dict = None) -> subprocess.CompletedProcess:
+    """`fastka args` as the page shows it: an 80-column terminal, an open-file limit of 20,000."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+
+    return subprocess.run([sys.executable, "-m", "fastka", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, COLUMNS="80", **(env or {})), preexec_fn=limit)
+
+
+@pytest.mark.parametrize("cmd", ["demo", "bench"])
+def test_cli_page_quotes_todays_help(cmd):
+    r = fastka_at_80_columns(cmd, "--help")
+    first, *rest = r.stdout.splitlines()
+    assert quoted(first) == rest
+
+
+def test_cli_page_quotes_todays_bad_flag_error():
+    r = fastka_at_80_columns("demo", "--idle-timeout", "2e9")
+    assert r.returncode == 2
+    assert quoted("$ fastka demo --idle-timeout 2e9") == r.stderr.splitlines()
+
+
+def test_cli_page_quotes_todays_info(monkeypatch, capsys):
+    """`fastka info` on the machine the page describes: the compiled backend, Linux's
+    default keepalive settings (7200, 75, 9), an open-file limit of 20,000."""
+    import resource
+
+    from fastka.cli import info
+
+    monkeypatch.setattr(fastka, "IMPLEMENTATION", "c")
+    monkeypatch.setattr(fastka, "system_defaults", lambda: fastka.KeepaliveConfig(idle=7200, interval=75, count=9))
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (20000, 20000))
+    assert info.run(None) == 0
+    assert quoted("$ fastka info") == capsys.readouterr().out.splitlines()
+
+
+def test_cli_page_quotes_todays_info_on_the_fallback():
+    r = fastka_cmd("info", env=NO_EXT)
+    assert quoted("$ FASTKA_NO_EXTENSIONS=1 fastka info | head -1") == r.stdout.splitlines()[:1]
+
+
+def test_cli_page_quotes_todays_demo_report():
+    """The demo report has the page's lines; the figures (any number) are this run's."""
+    need("c")
+    page = quoted("$ fastka demo 2>/dev/null")
+    r = fastka_cmd("demo", "--connections", "200", "--idle-timeout", "0.2")
+    assert r.returncode == 0, r.stderr
+    got = r.stdout.splitlines()
+    assert len(got) == len(page), (page, got)
+    for want, line in zip(page, got):  # any number for a number, any rule's width for a rule
+        pattern = r"\s+".join("-+" if set(word) == {"-"} else
+                              re.sub(r"\d+(?:\\\.\d+)?", r"\\d+(?:\\.\\d+)?", re.escape(word))
+                              for word in want.split())
+        assert re.fullmatch(pattern, line.strip()), (want, line)

@@ -96,6 +96,23 @@ def test_api_reference_covers_every_public_name():
     assert set(fastka.__all__) <= documented, sorted(set(fastka.__all__) - documented)
 
 
+def test_event_entries_match_the_enum():
+    """The API page's hand-written Event entry lists every member with its value."""
+    with open(os.path.join(DOCS, "api.rst"), encoding="utf-8") as f:
+        source = f.read()
+    entry = source[source.index(".. class:: Event"):]
+    documented = re.findall(r"\.\. attribute:: (\w+)\n\s+:value: (\d+)", entry)
+    assert documented == [(e.name, str(e.value)) for e in fastka.Event]
+
+
+def test_api_page_shows_no_internals(html):
+    """The API reference speaks to users: no source paths of the C core or the package's
+    private modules, no test files, no private parameters."""
+    text = re.sub(r"<[^>]+>", "", (html / "api.html").read_text(encoding="utf-8"))
+    found = re.findall(r"src/\w+|tests?/\w+|test_\w+\.py|fastka/_\w+|\b_backend\b|[Dd]efects? fixed", text)
+    assert found == []
+
+
 def test_layout_table_names_every_tracked_file():
     """docs/development.rst names every file git tracks under fastka/, src/, benchmarks/ and
     tools/ by its path, so the layout table cannot fall behind the tree."""
