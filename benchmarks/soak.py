@@ -38,6 +38,7 @@ import argparse
 import collections
 import itertools
 import json
+import math
 import os
 import selectors
 import signal
@@ -48,7 +49,6 @@ import sys
 import time
 
 from fastka import Event, _backends
-from fastka.cli import _args
 
 IDLE_TIMEOUT = 0.3
 MAX_REQUESTS = 5
@@ -287,16 +287,31 @@ def soak(duration: float, backend: str, report_every: float, concurrency: int, r
     return 1 if failures else 0
 
 
+def bounded(low: float, high: float, unit: str, kind=float):
+    """An argparse type: a finite ``kind`` (float or int) of ``unit`` in low..high; the error
+    names the value and the range (nan would run forever or turn a check off)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}; allowed: {low:g}..{high:g}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {low:g}..{high:g} {unit}")
+        return value
+
+    return parse
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=_args.seconds(1, 7 * 86400), default=60.0, help="seconds to churn (default 60)")
+    p.add_argument("--duration", type=bounded(1, 7 * 86400, "seconds"), default=60.0, help="seconds to churn (default 60)")
     p.add_argument("--backend", choices=_backends.NAMES, default=None,
                    help="default: the backend fastka uses (FASTKA_NO_EXTENSIONS gives python)")
-    p.add_argument("--report-every", type=_args.seconds(0.1, 3600), default=5.0,
+    p.add_argument("--report-every", type=bounded(0.1, 3600, "seconds"), default=5.0,
                    help="seconds between checks (default 5)")
-    p.add_argument("--concurrency", type=_args.integer(1, 100000), default=1024,
+    p.add_argument("--concurrency", type=bounded(1, 100000, "connections", int), default=1024,
                    help="client connections open at once (default 1024)")
-    p.add_argument("--rss-tolerance", type=_args.number(0, 65536, "MiB"), default=16.0,
+    p.add_argument("--rss-tolerance", type=bounded(0, 65536, "MiB"), default=16.0,
                    help="MiB RSS may grow after the warm-up (default 16)")
     p.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
