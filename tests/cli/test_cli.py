@@ -141,9 +141,15 @@ def _demo_report(out: str, name: str, n: int, timeout_ms: float) -> None:
     assert "OK: counts match" in part
 
 
-def test_demo_compares_the_backends():
+@pytest.fixture(scope="module")
+def demo_both():
+    """One `fastka demo` run on both backends (200 connections, 0.5 s idle timeout)."""
+    return fastka_cmd("demo", "--connections", "200", "--idle-timeout", "0.5")
+
+
+def test_demo_compares_the_backends(demo_both):
     need("c")
-    r = fastka_cmd("demo", "--connections", "200", "--idle-timeout", "0.5")
+    r = demo_both
     assert r.returncode == 0, r.stdout + r.stderr
     for name in _backends.NAMES:
         _demo_report(r.stdout, name, 200, 500)
@@ -414,11 +420,11 @@ def test_cli_page_quotes_todays_info_on_the_fallback():
     assert quoted("$ FASTKA_NO_EXTENSIONS=1 fastka info | head -1") == r.stdout.splitlines()[:1]
 
 
-def test_cli_page_quotes_todays_demo_report():
+def test_cli_page_quotes_todays_demo_report(demo_both):
     """The demo report has the page's lines; the figures (any number) are this run's."""
     need("c")
     page = quoted("$ fastka demo 2>/dev/null")
-    r = fastka_cmd("demo", "--connections", "200", "--idle-timeout", "0.2")
+    r = demo_both
     assert r.returncode == 0, r.stderr
     got = r.stdout.splitlines()
     assert len(got) == len(page), (page, got)
