@@ -50,6 +50,7 @@ def check_run(proc, data, names, sizes):
     assert printed == [r[0] for r in data["table"]] == [s for s in FLOORS for _ in sizes]
 
 
+@pytest.mark.slow
 def test_both_backends_and_floors(tmp_path):
     need("c")
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
@@ -79,6 +80,7 @@ def test_no_extensions_runs_only_python(tmp_path):
     assert data["skipped"] == {"c": "FASTKA_NO_EXTENSIONS=1 forces the python backend"}
 
 
+@pytest.mark.slow
 def test_runs_from_the_package_alone(tmp_path):
     """The package directory as a wheel installs it (its modules and built extensions,
     nothing else of the checkout), imported from elsewhere: bench needs nothing more."""
@@ -107,6 +109,7 @@ def test_a_run_that_fails_leaves_the_json_file_alone(tmp_path):
     assert proc.returncode == 2 and out.read_text() == "earlier figures\n"
 
 
+@pytest.mark.slow
 def test_plot_format_checked_before_the_run(tmp_path):
     pytest.importorskip("matplotlib")
     proc = bench("--sizes", "20", "--plot", str(tmp_path / "bench.nosuchformat"))
