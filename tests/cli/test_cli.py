@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -286,8 +287,9 @@ def test_a_bound_below_the_least_is_named():
 
 def in_small_port_range(*args: str, ports: int = 100) -> subprocess.CompletedProcess:
     """``python args`` in a fresh network namespace whose ephemeral port range holds ``ports``."""
-    if os.geteuid() != 0 or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
-        pytest.skip("needs root and unshare(1) for a network namespace")
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare") \
+            or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
+        pytest.skip("needs root, unshare(1) and ip(8) for a network namespace")
     script = (f"ip link set lo up && echo '40000 {40000 + ports - 1}' > /proc/sys/net/ipv4/ip_local_port_range"
               f" && exec {sys.executable} \"$@\"")
     return subprocess.run(["unshare", "-n", "sh", "-c", script, "sh", *args], cwd=ROOT, capture_output=True,
