@@ -334,7 +334,7 @@ def test_subcommand_uses_the_public_api_and_the_backend_registry(module):
     plus ``fastka._backends`` to run both backends side by side; no other private module."""
     import ast
 
-    path = os.path.join(ROOT, "fastka", "cli", f"{module}.py")
+    path = os.path.join(os.path.dirname(fastka.__file__), "cli", f"{module}.py")
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read())
     private = []
