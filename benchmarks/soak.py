@@ -102,7 +102,9 @@ def client(port: int, concurrency: int) -> None:
         while len(conns) < concurrency:
             kind = next(kinds)
             try:
-                s = socket.create_connection(("127.0.0.1", port))
+                # A bounded connect: a blocking one waits out SYN retries on a full backlog,
+                # through SIGTERM too (the handler runs, the call resumes).
+                s = socket.create_connection(("127.0.0.1", port), timeout=0.5)
             except OSError:
                 break  # backlog full: let the server catch up
             if kind == "peer-close":
@@ -232,7 +234,11 @@ def soak(duration: float, backend: str, report_every: float, concurrency: int, r
         sample(end_run)
         rss_end = rss_mib()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        client_until = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < client_until:
+            serve(0.05)  # keep accepting and reading, so the client's last calls return
+        if proc.poll() is None:
+            failures.append("the client process did not stop within 30 s of SIGTERM")
         drain_until = time.monotonic() + 10 * max(IDLE_TIMEOUT, MAX_LIFETIME)
         while len(m) and time.monotonic() < drain_until:
             serve(0.05)
