@@ -38,6 +38,7 @@ import argparse
 import collections
 import itertools
 import json
+import math
 import os
 import selectors
 import signal
@@ -101,7 +102,9 @@ def client(port: int, concurrency: int) -> None:
         while len(conns) < concurrency:
             kind = next(kinds)
             try:
-                s = socket.create_connection(("127.0.0.1", port))
+                # A bounded connect: a blocking one waits out SYN retries on a full backlog,
+                # through SIGTERM too (the handler runs, the call resumes).
+                s = socket.create_connection(("127.0.0.1", port), timeout=0.5)
             except OSError:
                 break  # backlog full: let the server catch up
             if kind == "peer-close":
@@ -231,7 +234,11 @@ def soak(duration: float, backend: str, report_every: float, concurrency: int, r
         sample(end_run)
         rss_end = rss_mib()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        client_until = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < client_until:
+            serve(0.05)  # keep accepting and reading, so the client's last calls return
+        if proc.poll() is None:
+            failures.append("the client process did not stop within 30 s of SIGTERM")
         drain_until = time.monotonic() + 10 * max(IDLE_TIMEOUT, MAX_LIFETIME)
         while len(m) and time.monotonic() < drain_until:
             serve(0.05)
@@ -286,30 +293,31 @@ def soak(duration: float, backend: str, report_every: float, concurrency: int, r
     return 1 if failures else 0
 
 
-def bounded(kind: type, low: float, high: float, unit: str = ""):
-    """An argparse type: a ``kind`` (int or float) in low..high; nan and inf are out of
-    range (they would run forever or turn a check off)."""
+def bounded(low: float, high: float, unit: str, kind=float):
+    """An argparse type: a finite ``kind`` (float or int) of ``unit`` in low..high; the error
+    names the value and the range (nan would run forever or turn a check off)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text} is not a{'n integer' if kind is int else ' number'}") from None
-        if not low <= value <= high:  # also false for nan
-            raise argparse.ArgumentTypeError(f"{text} is out of range (allowed: {low:g}..{high:g}{unit})")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}; allowed: {low:g}..{high:g}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {low:g}..{high:g} {unit}")
         return value
+
     return parse
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=bounded(float, 1, 7 * 86400, " s"), default=60.0, help="seconds to churn (default 60)")
+    p.add_argument("--duration", type=bounded(1, 7 * 86400, "seconds"), default=60.0, help="seconds to churn (default 60)")
     p.add_argument("--backend", choices=_backends.NAMES, default=None,
                    help="default: the backend fastka uses (FASTKA_NO_EXTENSIONS gives python)")
-    p.add_argument("--report-every", type=bounded(float, 0.1, 3600, " s"), default=5.0,
+    p.add_argument("--report-every", type=bounded(0.1, 3600, "seconds"), default=5.0,
                    help="seconds between checks (default 5)")
-    p.add_argument("--concurrency", type=bounded(int, 1, 100000), default=1024,
+    p.add_argument("--concurrency", type=bounded(1, 100000, "connections", int), default=1024,
                    help="client connections open at once (default 1024)")
-    p.add_argument("--rss-tolerance", type=bounded(float, 0, 65536, " MiB"), default=16.0,
+    p.add_argument("--rss-tolerance", type=bounded(0, 65536, "MiB"), default=16.0,
                    help="MiB RSS may grow after the warm-up (default 16)")
     p.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)

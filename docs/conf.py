@@ -33,17 +33,12 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 nitpicky = False
 
-# Every doctest block starts with a connected loopback pair (``sock`` and its ``peer``) and a
-# listener; all of them are closed afterwards.
-doctest_global_setup = """
-import socket
-import fastka
-from fastka import KeepaliveConfig
-_listener = socket.create_server(("127.0.0.1", 0))
-sock = socket.create_connection(_listener.getsockname())
-peer, _ = _listener.accept()
-"""
+# No hidden set-up: every page's examples import what they use and open their own sockets,
+# so they run as pasted into a fresh interpreter. Afterwards the sockets a page left open
+# are closed (the doctest builder runs every page in one process).
+doctest_global_setup = ""
 doctest_global_cleanup = """
-for _s in (sock, peer, _listener):
+import socket as _socket
+for _s in [_v for _v in list(globals().values()) if isinstance(_v, _socket.socket)]:
     _s.close()
 """

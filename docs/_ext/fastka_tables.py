@@ -1,6 +1,6 @@
 """Tables generated at build time: ``.. fastka-platform-table::`` from
 ``fastka._platform.PLATFORMS`` and ``.. fastka-library-defaults::`` from
-``docs/library_defaults.csv`` (the facts tests/test_integrations.py reads back from each
+``docs/library_defaults.csv`` (the facts tests/system/test_integrations.py reads back from each
 library's socket)."""
 import csv
 import os

@@ -10,7 +10,9 @@ import fastka
 
 class KeepaliveAdapter(HTTPAdapter):
     def __init__(self, cfg: fastka.KeepaliveConfig, **kwargs: Any) -> None:
-        self.socket_options = HTTPConnection.default_socket_options + cfg.socket_options()
+        # urllib3's defaults (TCP_NODELAY) and fastka's options, in one list of (level, option, value)
+        self.socket_options: list[tuple[int, int, int | bytes]] = [
+            *HTTPConnection.default_socket_options, *cfg.socket_options()]
         super().__init__(**kwargs)  # calls init_poolmanager
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:

@@ -130,8 +130,8 @@ def _flush_or_drop() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command line ``argv``; returns the exit status: the subcommand's, 2 for bad
-    arguments, 1 with one ``fastka CMD: error: ...`` line when the system refused (an
+    """Run the command line ``argv``; returns the exit status: the subcommand's (0 with the
+    help on stdout when ``argv`` is empty), 2 for bad arguments, 1 with one ``fastka CMD: error: ...`` line when the system refused (an
     OSError, e.g. stdout on a full disk) or a run's check failed (RuntimeError), 130 on
     Ctrl-C; killed by SIGPIPE when stdout's reader went away."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -141,8 +141,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{prog}: error: standard output is closed", file=sys.stderr)
         return 1
     try:
-        args = build_parser(argv).parse_args(argv)
-        status = importlib.import_module(args._module).run(args)
+        parser = build_parser(argv)
+        if not argv:  # `fastka` alone: the help, as `fastka --help` prints it
+            parser.print_help()
+            status = 0
+        else:
+            args = parser.parse_args(argv)
+            status = importlib.import_module(args._module).run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return status
     except BrokenPipeError as exc:

@@ -13,9 +13,10 @@ import os
 from typing import Callable, List
 
 
-def integer(low: int, high: int, why: str = "") -> Callable[[str], int]:
-    """An int in low..high; ``why`` names what sets ``high`` (e.g. "the open-file limit")."""
-    bound = f" (set by {why})" if why else ""
+def integer(low: int, high: int, why: str = "", *, unit: str = "") -> Callable[[str], int]:
+    """An int in low..high, in ``unit`` (e.g. "bytes"; none for a count). ``why`` names what
+    sets ``high`` (e.g. "the open-file limit"), for a bound that depends on the machine."""
+    allowed = f"{low}..{high}" + (f" {unit}" if unit else "") + (f" (set by {why})" if why else "")
 
     def convert(text: str) -> int:
         if high < low:
@@ -24,9 +25,9 @@ def integer(low: int, high: int, why: str = "") -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: {low}..{high}{bound}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: {allowed}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {low}..{high}{bound}")
+            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {allowed}")
         return value
 
     return convert
@@ -52,14 +53,17 @@ def seconds(low: float, high: float) -> Callable[[str], float]:
 
 
 def integers(low: int, high: int, why: str = "") -> Callable[[str], List[int]]:
-    """Comma-separated ints, each in low..high (at least one), in ascending order without
-    repeats."""
+    """Comma-separated ints, each in low..high (at least one, no empty item), in ascending
+    order without repeats."""
     one = integer(low, high, why)
 
     def convert(text: str) -> List[int]:
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        if not parts:
+        parts = [p.strip() for p in text.split(",")]
+        if not any(parts):
             raise argparse.ArgumentTypeError(f"{text!r} holds no number; give N or N,N,... each in {low}..{high}")
+        if not all(parts):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has an empty item between commas; give N or N,N,... each in {low}..{high}")
         return sorted({one(p) for p in parts})
 
     return convert

@@ -31,8 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .. import _backends
-from .._config import KeepaliveConfig
+from .. import KeepaliveConfig, _backends
 from . import _args, loopback_room
 from ._progress import Progress
 

@@ -20,9 +20,7 @@ import sys
 import time
 from typing import Dict, List, Tuple
 
-from .. import _backends
-from .._config import KeepaliveConfig
-from .._types import Event
+from .. import Event, KeepaliveConfig, _backends
 from . import _args, loopback_room
 from ._progress import Progress
 from .bench import render

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,14 @@ def test_main_help_lists_every_subcommand(module):
         assert re.search(rf"^\s+{name}\s+\S", r.stdout, re.M), r.stdout
 
 
+@pytest.mark.parametrize("module", ["fastka", "fastka.cli"])
+def test_no_command_prints_the_help(module):
+    """`fastka` alone shows what it can do, exactly as `fastka --help` does, with status 0."""
+    r = fastka_cmd(module=module)
+    assert (r.returncode, r.stderr) == (0, ""), r
+    assert r.stdout == fastka_cmd("--help", module=module).stdout
+
+
 def test_version():
     r = fastka_cmd("--version")
     assert r.returncode == 0 and r.stdout == f"fastka {fastka.__version__}\n"
@@ -72,6 +81,8 @@ def test_subcommand_help(cmd, flags):
     (["bench", "--sizes", "0"], "argument --sizes: 0 is out of range; allowed: 10.."),
     (["bench", "--sizes", "100,ten"], "argument --sizes: 'ten' is not an integer"),
     (["bench", "--sizes", ","], "argument --sizes: ',' holds no number"),
+    (["bench", "--sizes", "10,,20"], "argument --sizes: '10,,20' has an empty item between commas; give N or N,N"),
+    (["bench", "--sizes", "10,20,"], "argument --sizes: '10,20,' has an empty item between commas"),
     (["bench", "--sizes", "99999999"], "argument --sizes: 99999999 is out of range; allowed: 10.."),
     (["bench", "--repeat", "-1"], "argument --repeat: -1 is out of range; allowed: 1..1000"),
     (["bench", "--repeat", "2e9"], "argument --repeat: '2e9' is not an integer; allowed: 1..1000"),
@@ -87,7 +98,7 @@ def test_subcommand_help(cmd, flags):
     (["serve", "--tcp-keepalive", "0:1:2"], "--tcp-keepalive"),
     (["info", "--bogus"], "--bogus"),
     (["nosuchcommand"], "nosuchcommand"),
-    ([], "COMMAND"),
+    (["--bogus"], "COMMAND"),
 ])
 def test_bad_flags_one_line_exit_2(args, message):
     r = fastka_cmd(*args)
@@ -131,9 +142,15 @@ def _demo_report(out: str, name: str, n: int, timeout_ms: float) -> None:
     assert "OK: counts match" in part
 
 
-def test_demo_compares_the_backends():
+@pytest.fixture(scope="module")
+def demo_both():
+    """One `fastka demo` run on both backends (200 connections, 0.5 s idle timeout)."""
+    return fastka_cmd("demo", "--connections", "200", "--idle-timeout", "0.5")
+
+
+def test_demo_compares_the_backends(demo_both):
     need("c")
-    r = fastka_cmd("demo", "--connections", "200", "--idle-timeout", "0.5")
+    r = demo_both
     assert r.returncode == 0, r.stdout + r.stderr
     for name in _backends.NAMES:
         _demo_report(r.stdout, name, 200, 500)
@@ -241,6 +258,22 @@ def test_integers_sorted_without_repeats():
     assert _args.integers(10, 100)("20,10,20, 10") == [10, 20]
 
 
+@pytest.mark.parametrize("why,unit,message", [
+    ("", "", "5 is out of range; allowed: 10..20"),
+    ("", "bytes", "5 is out of range; allowed: 10..20 bytes"),
+    ("the open-file limit", "", "5 is out of range; allowed: 10..20 (set by the open-file limit)"),
+    ("the open-file limit", "bytes", "5 is out of range; allowed: 10..20 bytes (set by the open-file limit)"),
+])
+def test_range_message_names_the_unit_and_the_bound(why, unit, message):
+    import argparse
+
+    from fastka.cli import _args
+
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        _args.integer(10, 20, why, unit=unit)("5")
+    assert str(info.value) == message
+
+
 def test_a_bound_below_the_least_is_named():
     """A tiny open-file limit: the message says the limit is too low, not "allowed: 10..3"."""
     import argparse
@@ -254,8 +287,9 @@ def test_a_bound_below_the_least_is_named():
 
 def in_small_port_range(*args: str, ports: int = 100) -> subprocess.CompletedProcess:
     """``python args`` in a fresh network namespace whose ephemeral port range holds ``ports``."""
-    if os.geteuid() != 0 or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
-        pytest.skip("needs root and unshare(1) for a network namespace")
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare") \
+            or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
+        pytest.skip("needs root, unshare(1) and ip(8) for a network namespace")
     script = (f"ip link set lo up && echo '40000 {40000 + ports - 1}' > /proc/sys/net/ipv4/ip_local_port_range"
               f" && exec {sys.executable} \"$@\"")
     return subprocess.run(["unshare", "-n", "sh", "-c", script, "sh", *args], cwd=ROOT, capture_output=True,
@@ -292,3 +326,112 @@ def test_running_out_of_ports_is_one_clear_error(code):
                         r"|loopback connection 100 of 200 failed): Cannot assign requested address \d+\n",
                         r.stdout), r.stdout
     assert int(r.stdout.split()[-1]) < 5, r.stdout
+
+
+@pytest.mark.parametrize("module", ["bench", "demo"])
+def test_subcommand_uses_the_public_api_and_the_backend_registry(module):
+    """bench and demo are written as a user would write them: names from ``fastka`` itself,
+    plus ``fastka._backends`` to run both backends side by side; no other private module."""
+    import ast
+
+    path = os.path.join(os.path.dirname(fastka.__file__), "cli", f"{module}.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    private = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            package = {0: "", 1: "fastka.cli", 2: "fastka"}[node.level]
+            where = ".".join(p for p in (package, node.module or "") if p)
+            if where == "fastka":
+                private += [f"fastka.{a.name}" for a in node.names if a.name.startswith("_") and a.name != "_backends"]
+            elif where.startswith("fastka.") and not where.startswith("fastka.cli") and where != "fastka._backends":
+                private.append(where)
+        elif isinstance(node, ast.Import):
+            private += [a.name for a in node.names if a.name.startswith("fastka.") and a.name != "fastka._backends"]
+    assert private == [], private
+
+
+# -- docs/cli.rst quotes what the command prints today -----------------------------------
+
+CLI_PAGE = os.path.join(ROOT, "docs", "cli.rst")
+
+
+def quoted(first: str) -> list:
+    """The lines docs/cli.rst quotes after ``first`` (a ``$ command`` line, or the first line
+    of a literal block) to the end of that block or the next ``$`` command, without the
+    block's indent."""
+    if not os.path.exists(CLI_PAGE):
+        pytest.skip("docs/ is not beside the tests (installed-wheel run)")
+    with open(CLI_PAGE, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == first and (
+        first.startswith("$ ") or [ln for ln in lines[:i] if ln.strip()][-1].endswith("::"))]
+    assert starts, f"docs/cli.rst does not quote {first!r}"
+    start = starts[0]
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    block = []
+    for line in lines[start + 1:]:
+        if line.strip() and (len(line) - len(line.lstrip()) < indent or line.strip().startswith("$ ")):
+            break
+        block.append(line[indent:])
+    while block and not block[-1].strip():
+        block.pop()
+    return block
+
+
+def fastka_at_80_columns(*args: str, env: dict = None) -> subprocess.CompletedProcess:
+    """`fastka args` as the page shows it: an 80-column terminal, an open-file limit of 20,000."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+
+    return subprocess.run([sys.executable, "-m", "fastka", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, COLUMNS="80", **(env or {})), preexec_fn=limit)
+
+
+@pytest.mark.parametrize("cmd", ["demo", "bench"])
+def test_cli_page_quotes_todays_help(cmd):
+    r = fastka_at_80_columns(cmd, "--help")
+    first, *rest = r.stdout.splitlines()
+    assert quoted(first) == rest
+
+
+def test_cli_page_quotes_todays_bad_flag_error():
+    r = fastka_at_80_columns("demo", "--idle-timeout", "2e9")
+    assert r.returncode == 2
+    assert quoted("$ fastka demo --idle-timeout 2e9") == r.stderr.splitlines()
+
+
+def test_cli_page_quotes_todays_info(monkeypatch, capsys):
+    """`fastka info` on the machine the page describes: the compiled backend, Linux's
+    default keepalive settings (7200, 75, 9), an open-file limit of 20,000."""
+    import resource
+
+    from fastka.cli import info
+
+    monkeypatch.setattr(fastka, "IMPLEMENTATION", "c")
+    monkeypatch.setattr(fastka, "system_defaults", lambda: fastka.KeepaliveConfig(idle=7200, interval=75, count=9))
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (20000, 20000))
+    assert info.run(None) == 0
+    assert quoted("$ fastka info") == capsys.readouterr().out.splitlines()
+
+
+def test_cli_page_quotes_todays_info_on_the_fallback():
+    r = fastka_cmd("info", env=NO_EXT)
+    assert quoted("$ FASTKA_NO_EXTENSIONS=1 fastka info | head -1") == r.stdout.splitlines()[:1]
+
+
+def test_cli_page_quotes_todays_demo_report(demo_both):
+    """The demo report has the page's lines; the figures (any number) are this run's."""
+    need("c")
+    page = quoted("$ fastka demo 2>/dev/null")
+    r = demo_both
+    assert r.returncode == 0, r.stderr
+    got = r.stdout.splitlines()
+    assert len(got) == len(page), (page, got)
+    for want, line in zip(page, got):  # any number for a number, any rule's width for a rule
+        pattern = r"\s+".join("-+" if set(word) == {"-"} else
+                              re.sub(r"\d+(?:\\\.\d+)?", r"\\d+(?:\\.\\d+)?", re.escape(word))
+                              for word in want.split())
+        assert re.fullmatch(pattern, line.strip()), (want, line)

@@ -96,15 +96,35 @@ def test_api_reference_covers_every_public_name():
     assert set(fastka.__all__) <= documented, sorted(set(fastka.__all__) - documented)
 
 
-def test_layout_table_names_every_tracked_file():
+def test_event_entries_match_the_enum():
+    """The API page's hand-written Event entry lists every member with its value."""
+    with open(os.path.join(DOCS, "api.rst"), encoding="utf-8") as f:
+        source = f.read()
+    entry = source[source.index(".. class:: Event"):]
+    documented = re.findall(r"\.\. attribute:: (\w+)\n\s+:value: (\d+)", entry)
+    assert documented == [(e.name, str(e.value)) for e in fastka.Event]
+
+
+def test_api_page_shows_no_internals(html):
+    """The API reference speaks to users: no source paths of the C core or the package's
+    private modules, no test files, no private parameters."""
+    text = re.sub(r"<[^>]+>", "", (html / "api.html").read_text(encoding="utf-8"))
+    found = re.findall(r"src/\w+|tests?/\w+|test_\w+\.py|fastka/_\w+|\b_backend\b|[Dd]efects? fixed", text)
+    assert found == []
+
+
+def test_layout_table_matches_the_tracked_files():
     """docs/development.rst names every file git tracks under fastka/, src/, benchmarks/ and
-    tools/ by its path, so the layout table cannot fall behind the tree."""
+    tools/ by its path, and every such path it names is tracked, so the layout table can
+    neither fall behind the tree nor keep a file that is gone."""
     git = shutil.which("git")
     if git is None or not os.path.exists(os.path.join(ROOT, ".git")):
         pytest.skip("not a git checkout")
-    tracked = subprocess.run([git, "ls-files", "fastka", "src", "benchmarks", "tools"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
+    tracked = set(subprocess.run([git, "ls-files", "fastka", "src", "benchmarks", "tools"], cwd=ROOT,
+                                 capture_output=True, text=True, check=True).stdout.split())
     assert tracked
     with open(os.path.join(DOCS, "development.rst"), encoding="utf-8") as f:
         named = set(re.findall(r"``([^`\s]+)``", f.read()))
-    assert sorted(set(tracked) - named) == []
+    assert sorted(tracked - named) == [], "tracked but not in the layout table"
+    files = {n for n in named if re.match(r"(fastka|src|benchmarks|tools)/", n) and not n.endswith("/")}
+    assert sorted(files - tracked) == [], "in the layout table but not tracked"

@@ -18,13 +18,16 @@ import tarfile
 import pytest
 from repo import ROOT
 
-# Files of the checkout that must reach the sdist: the package (Python, Cython, stubs), the
-# C core, the tests, the benchmarks and the build configuration.
+# Files of the checkout that must reach the sdist: the package (Python, Cython, stubs, at any
+# depth: fastka/cli/serve/ too), the C in src/ (the core and serve's src/serve/), the tests,
+# the benchmarks and the build configuration.
 SHIPPED = re.compile(
-    r"(fastka/(cli/)?[^/]+\.(py|pyi|pyx|pxd)|fastka/py\.typed|src/[^/]+\.[ch]|tests/.+\.py"
+    r"(fastka/.+\.(py|pyi|pyx|pxd)|fastka/py\.typed|src/.+\.[ch]|tests/.+\.py"
     r"|benchmarks/.+\.(py|c)|README\.md|pyproject\.toml|setup\.py|MANIFEST\.in)"
 )
-NEVER_SHIPPED = re.compile(r".*\.(so|pyd|o|pyc)|fastka/_(keepalive|manager|serve)_c\.c|build/.*|wheelhouse/.*")
+# Build products, and the C that Cython generates (every .c under fastka/: C written by hand
+# lives in src/).
+NEVER_SHIPPED = re.compile(r".*\.(so|pyd|o|pyc)|fastka/.+\.c|build/.*|wheelhouse/.*")
 # Directories a copy leaves out when the checkout is not a git work tree.
 NOT_SOURCE = ("build", "dist", "wheelhouse", "*.egg-info", "__pycache__", ".git", ".pytest_cache",
               ".hypothesis", ".benchmarks", ".mypy_cache", "*.so", "*.pyd", "*.o", "*.pyc")
@@ -156,3 +159,29 @@ def test_sdist_installs_without_a_compiler_on_the_fallback(sdist, tmp_path):
     assert pkg.startswith(str(venv))
     assert compiled == "[]"
     assert state == "True 30 4 3"
+
+
+def test_supported_pythons_agree_across_the_metadata_the_wheels_and_the_version_runs():
+    """requires-python, the version classifiers, cibuildwheel's build selector and the
+    versions tools/multi-version runs name the same CPythons; Project-URLs are present."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
+    path = os.path.join(ROOT, "pyproject.toml")
+    if not os.path.exists(os.path.join(ROOT, "tools", "multi-version")):
+        pytest.skip("needs the source checkout")
+    with open(path, "rb") as f:
+        meta = tomllib.load(f)
+    project = meta["project"]
+    classified = [c.rsplit(" ", 1)[-1] for c in project["classifiers"]
+                  if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)]
+    lowest = re.fullmatch(r">=(3\.\d+)", project["requires-python"]).group(1)
+    assert classified[0] == lowest
+    minors = [int(v.split(".")[1]) for v in classified]
+    assert minors == list(range(minors[0], minors[-1] + 1))
+    assert meta["tool"]["cibuildwheel"]["build"].split() == [f"cp3{m}-*" for m in minors]
+    assert "cp3??t-*" in meta["tool"]["cibuildwheel"]["skip"]
+    with open(os.path.join(ROOT, "tools", "multi-version"), encoding="utf-8") as f:
+        tool = f.read()
+    runs = re.findall(r'"(3\.\d+)"', re.search(r"PYENV_MINORS = \[.*?\]\nCHROOT_MINORS = \[.*?\]", tool, re.S).group(0))
+    assert runs == classified
+    assert any(r.startswith("Cython>=3.1") for r in meta["build-system"]["requires"])
+    assert set(project["urls"]) >= {"Homepage", "Documentation", "Source", "Issues"}

@@ -1,5 +1,7 @@
-"""The CI version of the soak (benchmarks/soak.py): 20 s of connection churn per backend,
-with fds, the manager's count and RSS checked every 5 s and after the drain."""
+"""The soak (benchmarks/soak.py) as a test: its checks work and a short run passes them on
+each backend. A real soak is the same script with a long --duration
+(``python benchmarks/soak.py --duration 600``); the mechanism, the client's behaviours
+and the checks on fds, the manager's count, RSS and the events are the same at any length."""
 from __future__ import annotations
 
 import json
@@ -12,13 +14,16 @@ from repo import ROOT
 
 
 SOAK = os.path.join(ROOT, "benchmarks", "soak.py")
+SECONDS = 4  # long enough for every behaviour but the slow one to end (MAX_LIFETIME is 1.5 s)
 
 
 @pytest.mark.slow
-def test_soak_20_seconds(backend):
+def test_churn_leaves_fds_count_and_memory_flat(backend):
     backend.KeepaliveManager  # skips (or fails in CI) where the backend is not built
+    if not os.path.exists(SOAK):
+        pytest.skip("benchmarks/ is not beside the tests (installed-wheel run)")
     run = subprocess.run(
-        [sys.executable, SOAK, "--duration", "20", "--backend", backend.name, "--report-every", "5"],
+        [sys.executable, SOAK, "--duration", str(SECONDS), "--backend", backend.name, "--report-every", "1"],
         capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -26,7 +31,7 @@ def test_soak_20_seconds(backend):
     summary = json.loads(line[len("SOAK-SUMMARY "):])
     assert summary["failures"] == []
     assert summary["final_fds"] == summary["baseline_fds"]
-    assert summary["connections"] > 1000
+    assert summary["connections"] > 100
     assert summary["terminal_events"] == summary["connections"]
     # The client's behaviours produced their events. MAX_LIFETIME is not required: on a
     # loaded machine a starved client lets its slow connections reach IDLE first.
