@@ -142,12 +142,13 @@ def settings(
     )
 
 
-def _public(sig: inspect.Signature) -> inspect.Signature:
+def public_signature(sig: inspect.Signature) -> inspect.Signature:
+    """``sig`` without its private parameters (``_random``, ``_backend``: test hooks) and return."""
     params = [p for p in sig.parameters.values() if not p.name.startswith("_")]
     return sig.replace(parameters=params, return_annotation=inspect.Signature.empty)
 
 
-SIGNATURE = _public(inspect.signature(settings))
+SIGNATURE = public_signature(inspect.signature(settings))
 """``KeepaliveManager.__signature__`` on both backends (what inspect.signature and help show)."""
 
 DOC = """Track many keep-alive connections on one poller (epoll on Linux): idle timeouts,
