@@ -177,7 +177,7 @@ async def close_all(writers) -> None:
             pass
 
 
-# -- the behaviour the issue asks for -------------------------------------------------
+# -- idle, limits and dead peers on real connections ------------------------------------
 
 
 def test_thousand_idle_connections_close_at_idle_timeout(combo):
@@ -455,13 +455,15 @@ def test_fd_numbers_reused_after_reaping_serve_normally(combo):
     (connection_lost without error), and new connections on the same fd numbers work."""
 
     async def main():
-        reaper = KeepaliveReaper(0.1, _backend=combo.backend)
+        reaper = KeepaliveReaper(0.5, _backend=combo.backend)
         srv = Server(reaper)
         port = await srv.start()
         for round_ in range(3):
-            pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
-            for reader, writer in pairs:
+            pairs = []
+            for _ in range(20):  # each asks at once: its idle clock starts when it is accepted
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 await request(reader, writer)
+                pairs.append((reader, writer))
             for reader, writer in pairs:
                 await wait_for_eof(reader, 2)
             await until(lambda: len(srv.lost) == 20 * (round_ + 1))

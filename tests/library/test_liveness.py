@@ -188,7 +188,7 @@ def test_tcp_info_elsewhere_names_the_platform(backend, monkeypatch, tcp_pair):
 
 
 def test_find_dead_works_on_a_snapshot_while_another_thread_mutates_the_list(backend, listener):
-    """Issue 13, item 5: another thread inserting at the front of the caller's list (or
+    """Another thread inserting at the front of the caller's list (or
     popping from it) while find_dead runs must never make a live member come back as dead,
     nor raise IndexError: find_dead reports members of the list as it was when called."""
     import threading

@@ -19,10 +19,7 @@ from conftest import pair
 from fastka import Event, KeepaliveConfig
 
 
-# -- issue 12: one conversion of user_timeout ------------------------------------------
-
-
-# -- issue 13 -----------------------------------------------------------------------
+# -- careless callers: re-init, raising fileno(), dup()-ed sockets, close() racing add() ------
 
 
 def test_reinit_of_an_open_manager_is_runtime_error(mgr_factory, tcp_pair):
@@ -257,7 +254,7 @@ def test_closed_manager_is_unusable_everywhere(backend, tcp_pair):
     assert len(m) == 0 and tcp_pair[1] not in m
 
 
-# -- issue 14 -----------------------------------------------------------------------
+# -- the manager as an event source, discard, what close=True can close ---------------------
 
 
 def _wait_readable(fd, timeout):
@@ -574,7 +571,6 @@ def test_reset_while_waiting_for_the_reader_is_reported(mgr_factory, listener):
         s.close()
 
 
-
 def test_add_again_after_a_close_that_left_the_fd_open(mgr_factory, listener):
     """An IDLE close() while a makefile() holds the socket leaves its fd open: the socket
     can be added again, and is tracked as new."""
@@ -595,7 +591,6 @@ def test_add_again_after_a_close_that_left_the_fd_open(mgr_factory, listener):
         f.close()
         c.close()
         s.close()
-
 
 
 @pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_SEQPACKET])

@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jitter", type=_fraction, default=0.0, metavar="F",
                         help=f"spread each connection's --max-requests uniformly within ±F (0..{_jitter.MAX_JITTER:g},"
                         " default 0); the keepalive timeout is never spread")
-    parser.add_argument("--max-header-size", type=integer(256, 2**31 - 1), default=8192,
+    parser.add_argument("--max-header-size", type=integer(256, 2**31 - 1, unit="bytes"), default=8192,
                         metavar="BYTES", help="request target plus header lines larger than this get 431 (default 8192)")
     parser.add_argument("--tcp-keepalive", type=_tcp_keepalive, metavar="IDLE:INTVL:CNT",
                         help="TCP keepalive on the listener, inherited by every connection, as nginx so_keepalive= (seconds:seconds:count)")
