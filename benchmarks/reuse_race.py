@@ -37,7 +37,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,8 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_100k import ROOT, Nginx, free_port, stop_process  # noqa: E402
+from procs import free_port, stop_process, wait_port  # noqa: E402
+from servers import ROOT, Nginx  # noqa: E402
 
 sys.path.insert(0, ROOT)
 import fastka  # noqa: E402
@@ -136,19 +136,6 @@ async def _relay_main(listen_port: int, upstream_port: int, delay: float) -> Non
 
 # -- servers ---------------------------------------------------------------------------
 
-def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen within 30 s")
-
-
 class Child:
     """A server or relay process, stopped (then killed) by ``stop()``."""
 
@@ -167,11 +154,8 @@ class Child:
 
 class NginxServer:
     def __init__(self) -> None:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not os.path.exists(binary):
-            raise RuntimeError("nginx is not installed")
-        self.nginx = Nginx(binary, 1, KEEPALIVE_TIMEOUT, 4096)
-        self.label = "nginx " + self.nginx.label.split()[1].rstrip(",")
+        self.nginx = Nginx(1, KEEPALIVE_TIMEOUT)
+        self.label = self.nginx.label
         self.port = self.nginx.start()
 
     def stop(self) -> None:
