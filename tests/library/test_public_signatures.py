@@ -13,9 +13,7 @@ import pytest
 
 import fastka
 from fastka import _keepalive
-from repo import ROOT
-
-STUB = os.path.join(ROOT, "fastka", "__init__.pyi")
+STUB = os.path.join(os.path.dirname(fastka.__file__), "__init__.pyi")  # the one the package ships
 
 NO_DEFAULT = inspect.Parameter.empty
 ANY_DEFAULT = object()  # the stub says "= ...": some default, not named there
