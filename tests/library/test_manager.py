@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import random
 import socket
 import struct
@@ -596,5 +597,6 @@ def test_signature_and_docstring_are_the_shared_ones(backend):
     assert sig.parameters["idle_timeout"].default == 75.0 and sig.parameters["jitter"].default == 0.0
     assert sig == _manager.SIGNATURE and cls.__doc__ == _manager.DOC
     text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
-    assert "KeepaliveManager(idle_timeout" in text and "jitter" in text and "Track many keep-alive" in text
-    assert "see fastka/_manager_py.py" not in text and "*args, **kwargs)\n |  \n |  Track" not in text
+    flat = re.sub(r"\s+|\|", "", text)  # pydoc 3.13 and later break a long signature over lines
+    assert "KeepaliveManager(idle_timeout" in flat and "jitter" in text and "Track many keep-alive" in text
+    assert "see fastka/_manager_py.py" not in text and "*args,**kwargs)Track" not in flat
