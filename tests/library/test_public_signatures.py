@@ -88,9 +88,9 @@ def _check(obj: Any, defs: List[ast.FunctionDef], what: str, skip_self: bool = F
 
 
 def _flat(text: str) -> str:
-    """``text`` without white space, pydoc's margins or trailing commas: pydoc 3.13 and later
-    break a long signature over lines."""
-    return re.sub(r"\s+|\|", "", text).replace(",)", ")")
+    """``text`` without white space, pydoc's margins, quotes or trailing commas: pydoc 3.13
+    and later break a long signature over lines, and 3.14 shows string annotations unquoted."""
+    return re.sub(r"\s+|\||'", "", text).replace(",)", ")")
 
 
 def _check_help(obj: Any, name: str) -> None:
