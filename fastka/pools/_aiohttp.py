@@ -14,7 +14,7 @@ import functools
 import math
 import select
 from collections import deque
-from typing import Any, Awaitable, Callable, List, Optional, Tuple, cast
+from typing import Any, Awaitable, Callable, Coroutine, List, Optional, Tuple, cast
 
 try:
     import aiohttp
@@ -92,7 +92,7 @@ class TCPConnector(aiohttp.TCPConnector):
         self._factory = cast("functools.partial[ResponseHandler]", functools.partial(_Handler, loop=self._loop))
         self._fastka_epoll: Optional[select.epoll] = select.epoll() if _EPOLL else None
 
-    def _get(self, key: ConnectionKey, traces: List[Trace]) -> Awaitable[Optional[aiohttp.connector.Connection]]:
+    def _get(self, key: ConnectionKey, traces: List[Trace]) -> Coroutine[Any, Any, Optional[aiohttp.connector.Connection]]:
         # Not a coroutine: the check awaits nothing, and aiohttp awaits what this returns.
         conns = self._conns.get(key)
         if conns:
@@ -120,7 +120,7 @@ class TCPConnector(aiohttp.TCPConnector):
             else:
                 doomed.append(proto)
         try:
-            dead = fastka.find_dead(candidates, key=lambda entry: entry[0].fastka_fd)
+            dead = fastka.find_dead(candidates, key=lambda entry: entry[0].fastka_fd)  # type: ignore[attr-defined]
         except (OSError, ValueError, TypeError):
             dead = list(candidates)
         gone = {id(entry[0]) for entry in dead}
@@ -136,7 +136,7 @@ class TCPConnector(aiohttp.TCPConnector):
     async def _create_connection(self, req: ClientRequest, traces: List[Trace], timeout: aiohttp.ClientTimeout) -> ResponseHandler:
         proto = await super()._create_connection(req, traces, timeout)
         transport = proto.transport
-        sock = None if transport is None else transport.get_extra_info("socket")
+        sock: Any = None if transport is None else transport.get_extra_info("socket")
         rule = self.fastka_rule
         idle_timeout = self._keepalive_timeout
         proto.fastka_fd = fd = None if sock is None else sock.fileno()  # type: ignore[attr-defined]
