@@ -41,7 +41,7 @@ def floor():
 
 @pytest.fixture(scope="module", params=SIZES, ids=lambda n: f"N={n}")
 def pool(request):
-    """N connected loopback sockets (peers in a child process), one size at a time."""
+    """N connected loopback sockets (loopback.Pool), one size at a time."""
     with Pool(request.param) as p:
         yield p
 

@@ -3,7 +3,7 @@
     python benchmarks/find_dead_vs_poll.py [--backend c|python ...] [--sizes 100,1000]
                                            [--rounds 15] [--calls 200]
 
-N connected loopback TCP sockets (both ends in this process), the peers of 1 % of them
+N connected loopback TCP sockets (loopback.Pool: both ends in this process), the peers of 1 % of them
 closed. Each round times ``--calls`` calls of find_dead and of a baseline, interleaved
 call by call (A B B A ...) so that a load change on a shared machine hits both alike; the
 round's ratio is find_dead's median call time over the baseline's. Printed: the median of the
@@ -26,9 +26,11 @@ import socket
 import statistics
 import sys
 import time
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's fastka
+
+from loopback import Pool  # noqa: E402
 
 from fastka import _backends  # noqa: E402
 
@@ -54,25 +56,6 @@ def poll_only(socks: Sequence[socket.socket]) -> List[int]:
 
 
 BASELINES = {"poll loop": poll_loop, "poll only": poll_only}
-
-
-def connections(n: int) -> Tuple[List[socket.socket], List[socket.socket]]:
-    """n connected loopback pairs: (ours, peers)."""
-    ours: List[socket.socket] = []
-    peers: List[socket.socket] = []
-    with socket.create_server(("127.0.0.1", 0), backlog=n) as lst:
-        for _ in range(n):
-            peers.append(socket.create_connection(lst.getsockname()))
-            ours.append(lst.accept()[0])
-    return ours, peers
-
-
-def wait_dead(socks: Sequence[socket.socket], expected: int) -> None:
-    deadline = time.monotonic() + 10
-    while len(poll_only(socks)) != expected:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the {expected} closed peers did not show up as FINs in 10 s")
-        time.sleep(0.01)
 
 
 def paired_ratios(a: Callable[[], object], b: Callable[[], object], rounds: int, calls: int) -> List[float]:
@@ -126,12 +109,10 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"find_dead over N loopback TCP connections, 1 % dead; {args.rounds} paired rounds of {args.calls}"
           f" interleaved calls; ratio = find_dead time / baseline time (median [min-max] of the rounds)")
     for n in sizes:
-        ours, peers = connections(n)
-        try:
+        with Pool(n) as pool:
+            ours = pool.socks
             dead_idx = range(0, n, DEAD_EVERY)
-            for i in dead_idx:
-                peers[i].close()
-            wait_dead(ours, len(dead_idx))
+            pool.close_peers(dead_idx)
             want = [ours[i] for i in dead_idx]
             assert poll_loop(ours) == want
             for backend in chosen:
@@ -144,9 +125,6 @@ def main(argv: Sequence[str] = ()) -> int:
                     r = paired_ratios(lambda: find_dead(ours), lambda: baseline(ours), args.rounds, args.calls)
                     print(f"N={n:<6} backend={backend.name:<7} ({module}) {us / n * 1000:6.0f} ns/conn"
                           f"  vs {label:<9}: {statistics.median(r):.2f}x [{min(r):.2f}-{max(r):.2f}]")
-        finally:
-            for s in ours + peers:
-                s.close()
     return 0
 
 

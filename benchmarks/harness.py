@@ -1,5 +1,5 @@
 """What the pytest-benchmark suites share: the sizes and connections (from loopback.py),
-the keepalive config they apply, the poll tick, the C floor of the system calls (floor.c,
+the keepalive config they apply, the C floor of the system calls (floor.c,
 compiled now), and the memory a manager adds per connection. Public API and the backend
 registry only: nothing here comes from the command line's code.
 
@@ -16,36 +16,20 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from loopback import Pool, sizes
 from procs import raise_nofile
 
 from fastka import KeepaliveConfig, _backends
 
-__all__ = ["CONFIG", "SIZES", "Floor", "Pool", "measure_memory", "tick"]
+__all__ = ["CONFIG", "SIZES", "Floor", "Pool", "measure_memory"]
 
 FLOOR_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
 
 
 CONFIG = KeepaliveConfig()
 SIZES = sizes()
-
-
-def tick(poll: Callable[[float], list], nready: int, what: str) -> int:
-    """One poll tick: poll(0) until ``nready`` readable connections were reported (one
-    call where the poller returns every ready event at once; a poller that returns at most
-    so many per call, as epoll_wait's maxevents, takes more). Returns the number of calls;
-    RuntimeError when a call returns nothing or more than ``nready`` (``what`` names the
-    poller)."""
-    got = calls = 0
-    while got < nready:
-        events = poll(0)
-        calls += 1
-        if not events or len(events) > nready:
-            raise RuntimeError(f"a poll tick of {what} returned {len(events)} events with {nready} readable")
-        got += len(events)
-    return calls
 
 
 class Floor:

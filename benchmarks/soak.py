@@ -38,7 +38,6 @@ import argparse
 import collections
 import itertools
 import json
-import math
 import os
 import selectors
 import signal
@@ -47,6 +46,8 @@ import struct
 import subprocess
 import sys
 import time
+
+from procs import rss_kib
 
 from fastka import Event, _backends
 
@@ -61,11 +62,7 @@ def open_fds() -> int:
 
 
 def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return rss_kib([os.getpid()]) / 1024.0
 
 
 # -- client process ----------------------------------------------------------------------
@@ -293,34 +290,33 @@ def soak(duration: float, backend: str, report_every: float, concurrency: int, r
     return 1 if failures else 0
 
 
-def bounded(low: float, high: float, unit: str, kind=float):
-    """An argparse type: a finite ``kind`` (float or int) of ``unit`` in low..high; the error
-    names the value and the range (nan would run forever or turn a check off)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}; allowed: {low:g}..{high:g}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {low:g}..{high:g} {unit}")
-        return value
-
-    return parse
+# option: (low, high, unit); checked after parsing, so that nan (it would run forever or
+# turn a check off) and inf are refused with the value and the range
+RANGES = {
+    "duration": (1, 7 * 86400, "seconds"),
+    "report_every": (0.1, 3600, "seconds"),
+    "concurrency": (1, 100000, "connections"),
+    "rss_tolerance": (0, 65536, "MiB"),
+}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=bounded(1, 7 * 86400, "seconds"), default=60.0, help="seconds to churn (default 60)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds to churn (default 60)")
     p.add_argument("--backend", choices=_backends.NAMES, default=None,
                    help="default: the backend fastka uses (FASTKA_NO_EXTENSIONS gives python)")
-    p.add_argument("--report-every", type=bounded(0.1, 3600, "seconds"), default=5.0,
+    p.add_argument("--report-every", type=float, default=5.0,
                    help="seconds between checks (default 5)")
-    p.add_argument("--concurrency", type=bounded(1, 100000, "connections", int), default=1024,
+    p.add_argument("--concurrency", type=int, default=1024,
                    help="client connections open at once (default 1024)")
-    p.add_argument("--rss-tolerance", type=bounded(0, 65536, "MiB"), default=16.0,
+    p.add_argument("--rss-tolerance", type=float, default=16.0,
                    help="MiB RSS may grow after the warm-up (default 16)")
     p.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    for name, (low, high, unit) in RANGES.items():
+        value = getattr(a, name)
+        if not low <= value <= high:  # false for nan too
+            p.error(f"argument --{name.replace('_', '-')}: {value} is out of range; allowed: {low:g}..{high:g} {unit}")
     if a.client is not None:
         client(a.client, a.concurrency)
         return 0

@@ -254,23 +254,28 @@ class Bench:
         self.rows.append(Row(scenario, n, unit, {name: t / per for name, t in best.items()}))
         self.progress.update(1)
 
-    def many(self, pool: Pool) -> None:
-        socks, n = pool.socks, pool.n
+    def _race_calls(self, scenario: str, pool: Pool, call: Callable[[_backends.Backend], None],
+                    floor: Callable[[], None]) -> None:
+        """Race ``call(backend)`` for each backend against ``floor()``, per socket of ``pool``."""
+        runs = {b.name: (lambda b=b: timed(lambda: call(b))) for b in self.backends}
+        runs["floor"] = lambda: timed(floor)
+        self._race(scenario, pool.n, "socket", runs, pool.n)
 
-        def call(fn):
-            if fn(socks, CONFIG):
+    def many(self, pool: Pool) -> None:
+        socks = pool.socks
+
+        def call(b: _backends.Backend) -> None:
+            if b.set_keepalive_many(socks, CONFIG):
                 raise RuntimeError("set_keepalive_many failed on connected TCP sockets")
 
         options = CONFIG.socket_options()  # the calls set_keepalive makes, one setsockopt each
 
-        def floor():
+        def floor() -> None:
             for s in socks:
                 for level, option, value in options:
                     s.setsockopt(level, option, value)
 
-        runs = {b.name: (lambda fn=b.set_keepalive_many: timed(lambda: call(fn))) for b in self.backends}
-        runs["floor"] = lambda: timed(floor)
-        self._race("set_keepalive_many", n, "socket", runs, n)
+        self._race_calls("set_keepalive_many", pool, call, floor)
 
     def find_dead(self, pool: Pool) -> None:
         socks, n = pool.socks, pool.n
@@ -280,20 +285,18 @@ class Bench:
         fds = [s.fileno() for s in socks]
         gone = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
-        def call(fn):
-            if fn(socks) != want:
+        def call(b: _backends.Backend) -> None:
+            if b.find_dead(socks) != want:
                 raise RuntimeError("find_dead missed the dead connections")
 
-        def floor():
+        def floor() -> None:
             p = select.poll()
             for fd in fds:
                 p.register(fd, select.POLLRDHUP)
             if sum(1 for _, ev in p.poll(0) if ev & gone) != len(want):
                 raise RuntimeError("the find_dead floor disagrees with find_dead")
 
-        runs = {b.name: (lambda fn=b.find_dead: timed(lambda: call(fn))) for b in self.backends}
-        runs["floor"] = lambda: timed(floor)
-        self._race("find_dead (1% dead)", n, "socket", runs, n)
+        self._race_calls("find_dead (1% dead)", pool, call, floor)
 
     def poll_tick(self, pool: Pool) -> None:
         socks, n = pool.socks, pool.n

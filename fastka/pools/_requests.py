@@ -1,21 +1,20 @@
 """fastka pools for requests: an HTTPAdapter whose urllib3 pools are fastka's."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 try:
     import requests.adapters
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(f"fastka.pools.HTTPAdapter needs requests ({exc}): pip install 'fastka[requests]'") from exc
 
-from .._config import KeepaliveConfig
-from ._rule import CheckoutRule
+from ._rule import RuleOptions
 from ._urllib3 import PoolManager, ProxyManager
 
 __all__ = ["HTTPAdapter"]
 
 
-class HTTPAdapter(requests.adapters.HTTPAdapter):
+class HTTPAdapter(RuleOptions, requests.adapters.HTTPAdapter):
     """A ``requests.adapters.HTTPAdapter`` on fastka's urllib3 pools (direct and through
     HTTP/HTTPS proxies; SOCKS proxies keep urllib3's own pools).
 
@@ -29,38 +28,14 @@ class HTTPAdapter(requests.adapters.HTTPAdapter):
 
     __attrs__ = [*requests.adapters.HTTPAdapter.__attrs__, "fastka_rule"]
 
-    fastka_rule: CheckoutRule
-
-    def __init__(
-        self,
-        *,
-        keepalive: Optional[KeepaliveConfig] = None,
-        idle_timeout: Optional[float] = None,
-        max_age: Optional[float] = None,
-        jitter: float = 0.1,
-        margin: float = 1.0,
-        **adapter_kwargs: Any,
-    ) -> None:
-        # requests' __init__ calls init_poolmanager, which needs the rule
-        self.fastka_rule = CheckoutRule(keepalive, idle_timeout, max_age, jitter, margin)
-        super().__init__(**adapter_kwargs)
-
-    def _rule_kwargs(self) -> dict[str, Any]:
-        rule = self.fastka_rule
-        return {
-            "keepalive": rule.keepalive,
-            "idle_timeout": rule.idle_timeout,
-            "max_age": rule.max_age,
-            "jitter": rule.jitter,
-            "margin": rule.margin,
-        }
+    # requests' __init__ calls init_poolmanager: RuleOptions sets fastka_rule before it
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         self._pool_connections = connections
         self._pool_maxsize = maxsize
         self._pool_block = block
         self.poolmanager = PoolManager(
-            num_pools=connections, maxsize=maxsize, block=block, **self._rule_kwargs(), **pool_kwargs
+            num_pools=connections, maxsize=maxsize, block=block, keepalive=self.fastka_rule.keepalive, **pool_kwargs
         )
         self.poolmanager.fastka_rule = self.fastka_rule
 
@@ -73,7 +48,7 @@ class HTTPAdapter(requests.adapters.HTTPAdapter):
             num_pools=self._pool_connections,
             maxsize=self._pool_maxsize,
             block=self._pool_block,
-            **self._rule_kwargs(),
+            keepalive=self.fastka_rule.keepalive,
             **proxy_kwargs,
         )
         manager.fastka_rule = self.fastka_rule

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from .. import _jitter
 from .._config import KeepaliveConfig
@@ -74,11 +74,12 @@ class CheckoutRule:
 
     def __init__(
         self,
-        keepalive: Optional[KeepaliveConfig] = None,
-        idle_timeout: Optional[float] = None,
-        max_age: Optional[float] = None,
-        jitter: float = 0.1,
-        margin: float = 1.0,
+        keepalive: Optional[KeepaliveConfig],
+        idle_timeout: Optional[float],
+        max_age: Optional[float],
+        jitter: float,
+        margin: float,
+        *,
         source: _jitter.Source = _jitter.default_source,
     ) -> None:
         if keepalive is not None and not isinstance(keepalive, KeepaliveConfig):
@@ -114,5 +115,32 @@ class CheckoutRule:
         return limit
 
 
-NO_LIMITS = CheckoutRule(jitter=0.0)
+NO_LIMITS = CheckoutRule(None, None, None, 0.0, 1.0)
 """The rule of a pool made outside a fastka manager: only the liveness check."""
+
+
+class RuleOptions:
+    """The keyword arguments of the urllib3 and requests pool classes, declared once here
+    (help() and editors show this ``__init__`` on each of them): they become the class's
+    ``fastka_rule``, the rest go to the client library's class through ``_start``."""
+
+    fastka_rule: CheckoutRule
+
+    def __init__(
+        self,
+        *args: Any,
+        keepalive: Optional[KeepaliveConfig] = None,
+        idle_timeout: Optional[float] = None,
+        max_age: Optional[float] = None,
+        jitter: float = 0.1,
+        margin: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        """Validate the keyword arguments into ``fastka_rule`` (TypeError / ValueError naming
+        the argument), then start the client library's class with the rest."""
+        self.fastka_rule = CheckoutRule(keepalive, idle_timeout, max_age, jitter, margin)
+        self._start(*args, **kwargs)
+
+    def _start(self, *args: Any, **kwargs: Any) -> None:
+        """The client library's ``__init__`` (the next class in the MRO), with ``fastka_rule`` set."""
+        super().__init__(*args, **kwargs)

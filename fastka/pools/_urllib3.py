@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 import fastka
 
 from .._config import KeepaliveConfig
-from ._rule import FOREVER, NO_LIMITS, CheckoutRule, keep_alive_timeout, monotonic
+from ._rule import FOREVER, NO_LIMITS, CheckoutRule, RuleOptions, keep_alive_timeout, monotonic
 
 __all__ = ["HTTPConnectionPool", "HTTPSConnectionPool", "PoolManager", "ProxyManager"]
 
@@ -161,13 +161,12 @@ def _socket_options(keepalive: Optional[KeepaliveConfig], kwargs: dict[str, Any]
     return {**kwargs, "socket_options": [*base, *keepalive.socket_options()]}
 
 
-class _RuleManager(urllib3.PoolManager):
-    """What PoolManager and ProxyManager share: fastka's pool classes, given the rule."""
+class _RuleManager(RuleOptions, urllib3.PoolManager):
+    """What PoolManager and ProxyManager share: the keyword arguments, fastka's pool
+    classes, given the rule."""
 
-    fastka_rule: CheckoutRule
-
-    def _use_rule(self, rule: CheckoutRule) -> None:
-        self.fastka_rule = rule
+    def _start(self, *args: Any, **kwargs: Any) -> None:
+        super()._start(*args, **_socket_options(self.fastka_rule.keepalive, kwargs))
         self.pool_classes_by_scheme = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
 
     def _new_pool(
@@ -188,44 +187,12 @@ class PoolManager(_RuleManager):
     connection may sit idle (None: no limit). max_age: seconds a connection may live
     (None: no limit), spread per connection by ``jitter`` (fraction 0..0.5). margin:
     seconds before the server's ``Keep-Alive: timeout=N`` at which a connection stops
-    being reused. Everything else goes to urllib3.PoolManager. TypeError / ValueError
-    naming the argument for a bad value.
+    being reused. Everything else (num_pools, headers, ...) goes to urllib3.PoolManager.
+    TypeError / ValueError naming the argument for a bad value.
     """
-
-    def __init__(
-        self,
-        num_pools: int = 10,
-        headers: Optional[dict[str, str]] = None,
-        *,
-        keepalive: Optional[KeepaliveConfig] = None,
-        idle_timeout: Optional[float] = None,
-        max_age: Optional[float] = None,
-        jitter: float = 0.1,
-        margin: float = 1.0,
-        **connection_pool_kw: Any,
-    ) -> None:
-        rule = CheckoutRule(keepalive, idle_timeout, max_age, jitter, margin)
-        super().__init__(num_pools, headers, **_socket_options(keepalive, connection_pool_kw))
-        self._use_rule(rule)
 
 
 class ProxyManager(_RuleManager, urllib3.ProxyManager):
     """A ``urllib3.ProxyManager`` (HTTP or HTTPS proxy; plain and tunnelled requests) with
-    the pools of :class:`PoolManager` and the same keyword arguments."""
-
-    def __init__(
-        self,
-        proxy_url: str,
-        num_pools: int = 10,
-        headers: Optional[dict[str, str]] = None,
-        *,
-        keepalive: Optional[KeepaliveConfig] = None,
-        idle_timeout: Optional[float] = None,
-        max_age: Optional[float] = None,
-        jitter: float = 0.1,
-        margin: float = 1.0,
-        **proxy_kw: Any,
-    ) -> None:
-        rule = CheckoutRule(keepalive, idle_timeout, max_age, jitter, margin)
-        super().__init__(proxy_url, num_pools, headers, **_socket_options(keepalive, proxy_kw))
-        self._use_rule(rule)
+    the pools of :class:`PoolManager` and the same keyword arguments; everything else
+    (proxy_url first) goes to urllib3.ProxyManager."""

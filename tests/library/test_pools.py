@@ -152,7 +152,7 @@ def test_max_age_spread_by_seeded_jitter(pools_on, server, clock):
 
 
 def test_jitter_draws_a_limit_per_connection(pools_on, server):
-    rule = CheckoutRule(max_age=100, jitter=0.5, source=random.Random(1).random)
+    rule = CheckoutRule(None, None, 100, 0.5, 1.0, source=random.Random(1).random)
     deadlines = {rule.age_deadline(0.0) for _ in range(20)}
     assert len(deadlines) == 20 and all(50 <= d <= 150 for d in deadlines)
 

@@ -133,7 +133,7 @@ def test_dead_connections_one_find_dead_for_the_idle_set(pools_on, server, monke
         monkeypatch.setattr(fastka, "is_alive", spy_alive)
         monkeypatch.setattr(fastka, "find_dead", spy_dead)
         await get(session, server.url)  # no error: the dead ones are closed and replaced
-        assert calls == {"is_alive": 1, "find_dead": [3]}  # the idle set, one call
+        assert calls["find_dead"] == [3] and calls["is_alive"] <= 1  # the idle set, one call (the checkout's is epoll on Linux)
         assert server.accepted == 4 and len(idle_socks(connector)) == 1
 
     run(scenario)
