@@ -1,11 +1,14 @@
 """uvicorn alone against uvicorn with the fastka.aio recipe (docs/examples/aio_uvicorn.py).
 
-    python benchmarks/aio_uvicorn_bench.py [--rounds 3] [--duration 5] [--idle 5000]
+    python benchmarks/aio_uvicorn_bench.py [--backend c] [--rounds 10] [--duration 2] [--idle 5000]
 
 Both servers run the same one-line ASGI app, one process each, on the loop uvicorn picks
-(uvloop when installed), with the same idle timeout (``--timeout`` seconds, uvicorn's
-``timeout_keep_alive`` in both: the recipe leaves idle closes to uvicorn and adds its
-reaper for lifetime, keepalive and dead peers):
+(uvloop when installed), with the same idle timeout (``--timeout`` seconds: uvicorn's
+``timeout_keep_alive`` alone, the reaper's ``idle_timeout`` in the recipe, which takes
+over uvicorn's timer). The recipe's reaper runs on the fastka backend ``--backend``; a
+server that finds another one refuses to start, and the report names the backend. With
+two CPUs or more, the servers run on the first and the clients (wrk, the expiry client)
+on the second, so that neither takes the other's CPU:
 
 * throughput: ``wrk -t1 -c100 -d{duration}s`` against each server in turn, ``--rounds``
   interleaved rounds; the figure is the median of the per-round ratios (recipe / uvicorn)
@@ -18,8 +21,9 @@ reaper for lifetime, keepalive and dead peers):
   server: CPU time the server spends on them (accept, answer, idle close), FIN lateness
   (client-side receive time of each EOF minus the request's answer time minus the
   timeout: p50/p99/max, one epoll reader that stamps each answer as it arrives, so a
-  negative figure is a FIN sent early or an answer stamped late), and the server's
-  resident memory with all of them open.
+  negative figure is a FIN sent early or an answer stamped late), the server's CPU time
+  from the last answer to the last FIN (the expiry alone), and the server's resident
+  memory with all of them open.
 """
 from __future__ import annotations
 
@@ -41,24 +45,34 @@ sys.path.insert(0, os.path.join(ROOT, "docs", "examples"))
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 KINDS = ("uvicorn", "recipe")
+REFUSED = 64  # the exit status of a server whose reaper is not on the backend asked for
+ENV_NO_EXTENSIONS = "FASTKA_NO_EXTENSIONS"  # fastka._backends: set, the default backend is the fallback
+# (servers, clients): CPU sets, or empty where there is one CPU or no affinity call
+_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CPUS, CLIENT_CPUS = ({_CPUS[0]}, set(_CPUS[1:])) if len(_CPUS) >= 2 else (set(), set())
 
 
-def serve(kind: str, port: int, timeout: float, max_requests: Optional[int]) -> None:
-    """The server process: uvicorn alone, or uvicorn with the recipe."""
+def serve(kind: str, port: int, timeout: float, max_requests: Optional[int], backend: str) -> None:
+    """The server process: uvicorn alone, or uvicorn with the recipe (its reaper on
+    ``backend``, or SystemExit)."""
     import asyncio
 
     import uvicorn
 
     import aio_uvicorn as recipe  # type: ignore[import-not-found]  # docs/examples, put on sys.path above
+    from fastka import _backends
 
     if kind == "uvicorn":
-        config = uvicorn.Config(recipe.hello, host="127.0.0.1", port=port, lifespan="off", log_level="warning", timeout_keep_alive=int(timeout), backlog=8192)
+        config = uvicorn.Config(recipe.hello, host="127.0.0.1", port=port, lifespan="off", log_level="warning", timeout_keep_alive=timeout, backlog=8192)  # type: ignore[arg-type]  # seconds as a float work too
         uvicorn.Server(config).run()
         return
 
     async def main() -> None:
-        async with recipe.make_reaper() as reaper:
-            server = recipe.server(recipe.hello, reaper, port=port, idle_timeout=timeout, max_requests=max_requests)
+        async with recipe.make_reaper(idle_timeout=timeout) as reaper:
+            if type(reaper._mgr) is not _backends.load(backend).KeepaliveManager:
+                print(f"refusing to measure: the reaper runs on {type(reaper._mgr).__module__}, not on the {backend!r} backend", file=sys.stderr)
+                sys.exit(REFUSED)
+            server = recipe.server(recipe.hello, reaper, port=port, max_requests=max_requests)
             server.config.backlog = 8192
             await server.serve()
 
@@ -73,29 +87,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subprocess.Popen[bytes], int]:
+def start(kind: str, timeout: float, max_requests: Optional[int], backend: str) -> Tuple[subprocess.Popen[bytes], int]:
     """Start a server on a free port (a few tries: another process may take the port
     between the probe and the server's bind)."""
     for _ in range(5):
         try:
-            return start_once(kind, timeout, max_requests)
+            return start_once(kind, timeout, max_requests, backend)
         except RuntimeError:
             continue
     raise RuntimeError(f"the {kind} server did not start in 5 tries")
 
 
-def start_once(kind: str, timeout: float, max_requests: Optional[int]) -> Tuple[subprocess.Popen[bytes], int]:
+def start_once(kind: str, timeout: float, max_requests: Optional[int], backend: str) -> Tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    args = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port), "--timeout", str(timeout)]
+    args = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port), "--timeout", str(timeout), "--backend", backend]
     if max_requests is not None:
         args += ["--max-requests", str(max_requests)]
-    proc = subprocess.Popen(args)
+    env = dict(os.environ)
+    env.pop(ENV_NO_EXTENSIONS, None)
+    if backend == "python":
+        env[ENV_NO_EXTENSIONS] = "1"
+    proc = subprocess.Popen(args, env=env)
+    if SERVER_CPUS:
+        os.sched_setaffinity(proc.pid, SERVER_CPUS)
     end = time.monotonic() + 20
     while True:
         try:
             socket.create_connection(("127.0.0.1", port)).close()
             return proc, port
         except ConnectionRefusedError:
+            if proc.poll() == REFUSED:
+                raise SystemExit(f"the {kind} server refused to run (see above)")
             if proc.poll() is not None or time.monotonic() > end:
                 stop(proc)
                 raise RuntimeError(f"the {kind} server did not start")
@@ -144,6 +166,7 @@ def expiry(proc: subprocess.Popen[bytes], port: int, n: int, timeout: float) -> 
     answered: Dict[int, float] = {}
     lateness: List[float] = []
     rss = 0
+    expiry_cpu0 = 0.0
     base_rss = rss_kib(proc.pid)
     cpu0 = cpu_seconds(proc.pid)
     ep = select.epoll()
@@ -174,14 +197,16 @@ def expiry(proc: subprocess.Popen[bytes], port: int, n: int, timeout: float) -> 
     while len(lateness) < n and time.monotonic() < deadline:
         if not rss and len(answered) == n:
             rss = rss_kib(proc.pid) - base_rss
+            expiry_cpu0 = cpu_seconds(proc.pid)
         collect(0.5)
-    cpu = cpu_seconds(proc.pid) - cpu0
+    cpu1 = cpu_seconds(proc.pid)
     for s in socks:
         s.close()
     ep.close()
     lateness.sort()
     return {
-        "cpu": cpu,
+        "cpu": cpu1 - cpu0,
+        "expiry_cpu": cpu1 - expiry_cpu0 if expiry_cpu0 else float("nan"),
         "rss_per_conn": rss * 1024 / n,
         "closed": len(lateness),
         "p50": lateness[len(lateness) // 2] if lateness else float("nan"),
@@ -196,10 +221,11 @@ def ratio_line(ratios: List[float]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="paired throughput rounds (0: skip)")
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=10, help="paired throughput rounds (0: skip)")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds of each wrk run")
     parser.add_argument("--idle", type=int, default=5000, help="connections for the expiry figures (0: skip)")
     parser.add_argument("--timeout", type=float, default=5.0, help="the idle timeout of both servers, seconds")
+    parser.add_argument("--backend", choices=("c", "python"), default="c", help="the fastka backend of the recipe's reaper (default c)")
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--max-requests", type=int, help=argparse.SUPPRESS)
@@ -207,15 +233,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.serve:
-        serve(args.serve, args.port, args.timeout, args.max_requests)
+        serve(args.serve, args.port, args.timeout, args.max_requests, args.backend)
         return 0
-    import fastka
+    from fastka import _backends
 
-    print(f"fastka backend {fastka.IMPLEMENTATION}, timeout {args.timeout:g} s, wrk -t1 -c100 -d{args.duration:g}s, {args.rounds} interleaved rounds")
+    reason = _backends.unavailable_reason(args.backend)
+    if reason is not None:
+        parser.error(f"--backend {args.backend}: {reason}")
+    try:
+        import uvloop  # noqa: F401  (uvicorn's loop="auto" picks it when installed)
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    if CLIENT_CPUS:
+        os.sched_setaffinity(0, CLIENT_CPUS)  # wrk and the expiry client inherit it
+    pinned = f"servers on CPU {min(SERVER_CPUS)}, clients on {sorted(CLIENT_CPUS)}" if SERVER_CPUS else "not pinned (one CPU)"
+    print(f"fastka backend {args.backend} (the recipe's reaper), loop {loop} (both), timeout {args.timeout:g} s, "
+          f"wrk -t1 -c100 -d{args.duration:g}s, {args.rounds} interleaved rounds, {pinned}")
     servers: Dict[str, Tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for name, kind, limit in (("uvicorn", "uvicorn", None), ("recipe", "recipe", None), ("recipe100", "recipe", 100)):
-            servers[name] = start(kind, args.timeout, limit)
+            servers[name] = start(kind, args.timeout, limit, args.backend)
         ratios: Dict[str, List[float]] = {"recipe": [], "recipe100": []}
         cost: Dict[str, List[float]] = {"recipe": [], "recipe100": []}
         for r in range(args.rounds):
@@ -235,7 +273,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for name in ("uvicorn", "recipe"):
                 proc, port = servers[name]
                 e = expiry(proc, port, args.idle, args.timeout)
-                print(f"{name:8} {args.idle} idle connections: closed {e['closed']:.0f}, server CPU {e['cpu']:.2f} s, "
+                print(f"{name:8} {args.idle} idle connections: closed {e['closed']:.0f}, server CPU {e['cpu']:.2f} s (expiry alone {e['expiry_cpu']:.2f} s), "
                       f"RSS {e['rss_per_conn']:.0f} B per connection, FIN lateness p50 {e['p50'] * 1000:.1f} ms p99 {e['p99'] * 1000:.1f} ms max {e['max'] * 1000:.1f} ms", flush=True)
     finally:
         for proc, _ in servers.values():
