@@ -1,6 +1,6 @@
 """uvicorn alone against uvicorn with the fastka.aio recipe (docs/examples/aio_uvicorn.py).
 
-    python benchmarks/aio_uvicorn_bench.py [--backend c] [--rounds 10] [--duration 2] [--idle 5000]
+    python benchmarks/aio_uvicorn_bench.py [--backend c] [--rounds 10] [--duration 2] [--idle 5000] [--silent 1000]
 
 Both servers run the same one-line ASGI app, one process each, on the loop uvicorn picks
 (uvloop when installed), with the same idle timeout (``--timeout`` seconds: uvicorn's
@@ -14,16 +14,20 @@ on the second, so that neither takes the other's CPU:
   interleaved rounds; the figure is the median of the per-round ratios (recipe / uvicorn)
   with their range, never a ratio of separately taken medians; also the server's CPU time
   per request (from /proc, less sensitive to other load on the machine than req/s), as
-  the same paired ratio. Once more with the recipe's
-  ``max_requests=100``: wrk's read errors show whether the last response said
-  ``Connection: close``;
+  the same paired ratio. Once more with ``max_requests=100``, the recipe against uvicorn
+  with the recipe's request limit alone (``limited``, no reaper): the same reconnect
+  every 100 requests on both sides, so the ratio is the reaper's; wrk's read errors show
+  whether the last response said ``Connection: close``;
 * expiry: ``--idle`` connections send one request each and then stay silent; measured per
   server: CPU time the server spends on them (accept, answer, idle close), FIN lateness
   (client-side receive time of each EOF minus the request's answer time minus the
   timeout: p50/p99/max, one epoll reader that stamps each answer as it arrives, so a
   negative figure is a FIN sent early or an answer stamped late), the server's CPU time
   from the last answer to the last FIN (the expiry alone), and the server's resident
-  memory with all of them open.
+  memory with all of them open;
+* silent connections: ``--silent`` connections that never send a byte; how many the
+  server has closed ``--timeout`` + 2 seconds later (uvicorn arms its keep-alive timer
+  only after a response; the recipe's reaper starts the idle clock at accept).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "docs", "examples"))
@@ -63,7 +67,10 @@ def serve(kind: str, port: int, timeout: float, max_requests: Optional[int], bac
     from fastka import _backends
 
     if kind == "uvicorn":
-        config = uvicorn.Config(recipe.hello, host="127.0.0.1", port=port, lifespan="off", log_level="warning", timeout_keep_alive=timeout, backlog=8192)  # type: ignore[arg-type]  # seconds as a float work too
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        http = HttpToolsProtocol if max_requests is None else recipe.limited(HttpToolsProtocol, max_requests)
+        config = uvicorn.Config(recipe.hello, host="127.0.0.1", port=port, http=http, lifespan="off", log_level="warning", timeout_keep_alive=timeout, backlog=8192)  # type: ignore[arg-type]  # seconds as a float work too
         uvicorn.Server(config).run()
         return
 
@@ -215,6 +222,24 @@ def expiry(proc: subprocess.Popen[bytes], port: int, n: int, timeout: float) -> 
     }
 
 
+def silent(proc: subprocess.Popen[bytes], port: int, n: int, timeout: float) -> int:
+    """n connections that never send; how many the server closed within timeout + 2 s."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    ep = select.epoll()
+    for s in socks:
+        ep.register(s.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+    closed: Set[int] = set()
+    end = time.monotonic() + timeout + 2
+    while len(closed) < n and time.monotonic() < end:
+        for fd, _ in ep.poll(max(0.0, end - time.monotonic())):
+            closed.add(fd)
+            ep.unregister(fd)
+    ep.close()
+    for s in socks:
+        s.close()
+    return len(closed)
+
+
 def ratio_line(ratios: List[float]) -> str:
     return f"median {statistics.median(ratios):.3f}x (range {min(ratios):.3f}-{max(ratios):.3f}; rounds: {', '.join(f'{r:.3f}' for r in ratios)})"
 
@@ -224,6 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="paired throughput rounds (0: skip)")
     parser.add_argument("--duration", type=float, default=2.0, help="seconds of each wrk run")
     parser.add_argument("--idle", type=int, default=5000, help="connections for the expiry figures (0: skip)")
+    parser.add_argument("--silent", type=int, default=1000, help="connections that never send a request (0: skip)")
     parser.add_argument("--timeout", type=float, default=5.0, help="the idle timeout of both servers, seconds")
     parser.add_argument("--backend", choices=("c", "python"), default="c", help="the fastka backend of the recipe's reaper (default c)")
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
@@ -252,29 +278,34 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"wrk -t1 -c100 -d{args.duration:g}s, {args.rounds} interleaved rounds, {pinned}")
     servers: Dict[str, Tuple[subprocess.Popen[bytes], int]] = {}
     try:
-        for name, kind, limit in (("uvicorn", "uvicorn", None), ("recipe", "recipe", None), ("recipe100", "recipe", 100)):
+        for name, kind, limit in (("uvicorn", "uvicorn", None), ("recipe", "recipe", None), ("uvicorn100", "uvicorn", 100), ("recipe100", "recipe", 100)):
             servers[name] = start(kind, args.timeout, limit, args.backend)
-        ratios: Dict[str, List[float]] = {"recipe": [], "recipe100": []}
-        cost: Dict[str, List[float]] = {"recipe": [], "recipe100": []}
+        pairs = {"recipe": "uvicorn", "recipe100": "uvicorn100"}  # measured: its reference
+        ratios: Dict[str, List[float]] = {name: [] for name in pairs}
+        cost: Dict[str, List[float]] = {name: [] for name in pairs}
         for r in range(args.rounds):
             order = list(servers) if r % 2 == 0 else list(reversed(servers))  # no server always first
             figures = {name: wrk(*servers[name], args.duration) for name in order}
-            line = ", ".join(f"{name} {rps:.0f} req/s ({err} read errors, {us:.0f} us CPU/req)" for name, (rps, err, us) in sorted(figures.items()))
+            line = ", ".join(f"{name} {rps:.0f} req/s ({err} read errors, {us:.0f} us CPU/req)" for name, (rps, err, us) in figures.items())
             print(f"round {r + 1}: {line}", flush=True)
-            for name in ratios:
-                ratios[name].append(figures[name][0] / figures["uvicorn"][0])
-                cost[name].append(figures[name][2] / figures["uvicorn"][2])
+            for name, ref in pairs.items():
+                ratios[name].append(figures[name][0] / figures[ref][0])
+                cost[name].append(figures[name][2] / figures[ref][2])
         if args.rounds:
-            print(f"req/s, recipe / uvicorn:                          {ratio_line(ratios['recipe'])}")
-            print(f"req/s, recipe max_requests=100 / uvicorn:         {ratio_line(ratios['recipe100'])}")
-            print(f"server CPU per request, recipe / uvicorn:         {ratio_line(cost['recipe'])}")
-            print(f"server CPU per request, recipe max_requests=100 / uvicorn: {ratio_line(cost['recipe100'])}")
+            print(f"req/s, recipe / uvicorn:                                      {ratio_line(ratios['recipe'])}")
+            print(f"req/s, max_requests=100, recipe / uvicorn with the limit:     {ratio_line(ratios['recipe100'])}")
+            print(f"server CPU per request, recipe / uvicorn:                     {ratio_line(cost['recipe'])}")
+            print(f"server CPU per request, max_requests=100, recipe / uvicorn with the limit: {ratio_line(cost['recipe100'])}")
         if args.idle:
             for name in ("uvicorn", "recipe"):
                 proc, port = servers[name]
                 e = expiry(proc, port, args.idle, args.timeout)
                 print(f"{name:8} {args.idle} idle connections: closed {e['closed']:.0f}, server CPU {e['cpu']:.2f} s (expiry alone {e['expiry_cpu']:.2f} s), "
                       f"RSS {e['rss_per_conn']:.0f} B per connection, FIN lateness p50 {e['p50'] * 1000:.1f} ms p99 {e['p99'] * 1000:.1f} ms max {e['max'] * 1000:.1f} ms", flush=True)
+        if args.silent:
+            for name in ("uvicorn", "recipe"):
+                proc, port = servers[name]
+                print(f"{name:8} {args.silent} silent connections: {silent(proc, port, args.silent, args.timeout)} closed within {args.timeout + 2:g} s", flush=True)
     finally:
         for proc, _ in servers.values():
             stop(proc)

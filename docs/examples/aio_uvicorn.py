@@ -96,7 +96,7 @@ class LoopView:
         self._touch(self._connection)
 
 
-def reaped_protocol(reaper: KeepaliveReaper, max_requests: Optional[int] = None) -> Type[asyncio.Protocol]:
+def reaped_protocol(reaper: KeepaliveReaper, max_requests: Optional[int] = None) -> Type[HttpToolsProtocol]:
     """A protocol class for ``uvicorn.Config(http=...)``: uvicorn's httptools protocol,
     whose connections ``reaper`` tracks and closes when idle (the reaper's
     ``idle_timeout``; uvicorn's ``timeout_keep_alive`` is not used) and which answers the
@@ -120,17 +120,20 @@ def reaped_protocol(reaper: KeepaliveReaper, max_requests: Optional[int] = None)
             reaper.discard(self.reaped)
             super().handle_websocket_upgrade()
 
-    if max_requests is None:
-        return Reaped
-    limit: int = max_requests
+    return Reaped if max_requests is None else limited(Reaped, max_requests)
 
-    class Limited(Reaped):
+
+def limited(base: Type[HttpToolsProtocol], max_requests: int) -> Type[HttpToolsProtocol]:
+    """``base`` (uvicorn's httptools protocol or a subclass) answering the
+    ``max_requests``-th request of a connection with ``Connection: close``."""
+
+    class Limited(base):  # type: ignore[valid-type,misc]  # a class given at run time
         requests = 0
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
             self.requests += 1
-            if self.requests >= limit and self.cycle is not None:
+            if self.requests >= max_requests and self.cycle is not None:
                 self.cycle.keep_alive = False  # uvicorn sends Connection: close, then closes
 
     return Limited

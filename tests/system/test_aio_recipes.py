@@ -294,6 +294,31 @@ def test_uvicorn_recipe_closes_a_request_in_flight_at_max_lifetime_after_its_res
     assert events == [Event.MAX_LIFETIME]
 
 
+@pytest.mark.parametrize("sends", [b"", b"GET / HTTP/1.1\r\nHo"], ids=["silent", "half-a-request"])
+def test_uvicorn_recipe_closes_a_connection_that_never_completes_a_request(sends, loop_kind, on_backend):
+    """uvicorn alone arms its timer only after a response: such a connection would stay
+    open. The reaper's idle clock starts at accept: FIN at IDLE."""
+    recipe = load("aio_uvicorn")
+    events = []
+
+    async def main():
+        _, port, stop, _ = await started_uvicorn(recipe, lambda t, e: events.append(e))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened = time.monotonic()
+            writer.write(sends)
+            assert await asyncio.wait_for(reader.read(100), IDLE + 5) == b""
+            closed_after = time.monotonic() - opened
+            writer.close()
+        finally:
+            await stop()
+        return closed_after
+
+    closed_after = run(loop_kind, main)
+    assert IDLE - CLOCK_GRAIN - 0.05 <= closed_after <= IDLE + 0.3
+    assert events == [Event.IDLE]
+
+
 def test_uvicorn_recipe_leaves_a_websocket_to_uvicorn(loop_kind, on_backend):
     """After the upgrade the connection is uvicorn's WebSocket protocol's: the reaper no
     longer tracks it, and it outlives the idle timeout."""
