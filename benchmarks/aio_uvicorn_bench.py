@@ -10,11 +10,14 @@ server that finds another one refuses to start, and the report names the backend
 two CPUs or more, the servers run on the first and the clients (wrk, the expiry client)
 on the second, so that neither takes the other's CPU:
 
-* throughput: ``wrk -t1 -c100 -d{duration}s`` against each server in turn, ``--rounds``
-  interleaved rounds; the figure is the median of the per-round ratios (recipe / uvicorn)
-  with their range, never a ratio of separately taken medians; also the server's CPU time
-  per request (from /proc, less sensitive to other load on the machine than req/s), as
-  the same paired ratio. Once more with ``max_requests=100``, the recipe against uvicorn
+* throughput: ``--rounds`` rounds; in each, the two servers of a pair are measured at
+  the same time, each by its own ``wrk -t1 -c100 -d{duration}s``, so that whatever slows
+  the machine during the round slows both alike (one after the other, a shared VM's speed
+  drifts between the two runs: their ratio then ranges from 0.7 to 1.6 over 15 rounds).
+  Sharing the server CPU, each server gets as much of it as it asks for: the one that
+  needs less CPU per request answers more. The figure is the median of the per-round
+  ratios (recipe / uvicorn) with their range, never a ratio of separately taken medians;
+  also the server's CPU time per request (from /proc) as the same paired ratio. Once more with ``max_requests=100``, the recipe against uvicorn
   with the recipe's request limit alone (``limited``, no reaper): the same reconnect
   every 100 requests on both sides, so the ratio is the reaper's; wrk's read errors show
   whether the last response said ``Connection: close``;
@@ -140,15 +143,21 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def wrk(proc: subprocess.Popen[bytes], port: int, duration: float) -> Tuple[float, int, float]:
-    """(requests per second, read errors, server CPU microseconds per request) of one wrk run."""
-    cpu = cpu_seconds(proc.pid)
-    out = subprocess.run(["wrk", "-t1", "-c100", f"-d{duration:g}s", f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
-    cpu = cpu_seconds(proc.pid) - cpu
-    rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"read (\d+)", out)
-    return rps, int(errors.group(1)) if errors else 0, cpu / done * 1e6
+def wrk_at_once(servers: List[Tuple[subprocess.Popen[bytes], int]], duration: float) -> List[Tuple[float, int, float]]:
+    """One wrk run against each server, all at the same time: per server (requests per
+    second, read errors, server CPU microseconds per request)."""
+    cpu = [cpu_seconds(proc.pid) for proc, _ in servers]
+    runs = [subprocess.Popen(["wrk", "-t1", "-c100", f"-d{duration:g}s", f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True) for _, port in servers]
+    outs = [run.communicate()[0] for run in runs]
+    figures = []
+    for (proc, _), before, run, out in zip(servers, cpu, runs, outs):
+        if run.returncode:
+            raise RuntimeError(f"wrk exited with {run.returncode}: {out}")
+        rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        errors = re.search(r"read (\d+)", out)
+        figures.append((rps, int(errors.group(1)) if errors else 0, (cpu_seconds(proc.pid) - before) / done * 1e6))
+    return figures
 
 
 def cpu_seconds(pid: int) -> float:
@@ -275,7 +284,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.sched_setaffinity(0, CLIENT_CPUS)  # wrk and the expiry client inherit it
     pinned = f"servers on CPU {min(SERVER_CPUS)}, clients on {sorted(CLIENT_CPUS)}" if SERVER_CPUS else "not pinned (one CPU)"
     print(f"fastka backend {args.backend} (the recipe's reaper), loop {loop} (both), timeout {args.timeout:g} s, "
-          f"wrk -t1 -c100 -d{args.duration:g}s, {args.rounds} interleaved rounds, {pinned}")
+          f"wrk -t1 -c100 -d{args.duration:g}s per server, {args.rounds} rounds of pairs measured at once, {pinned}")
     servers: Dict[str, Tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for name, kind, limit in (("uvicorn", "uvicorn", None), ("recipe", "recipe", None), ("uvicorn100", "uvicorn", 100), ("recipe100", "recipe", 100)):
@@ -284,8 +293,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         ratios: Dict[str, List[float]] = {name: [] for name in pairs}
         cost: Dict[str, List[float]] = {name: [] for name in pairs}
         for r in range(args.rounds):
-            order = list(servers) if r % 2 == 0 else list(reversed(servers))  # no server always first
-            figures = {name: wrk(*servers[name], args.duration) for name in order}
+            figures: Dict[str, Tuple[float, int, float]] = {}
+            for name, ref in pairs.items():
+                pair = [name, ref] if r % 2 == 0 else [ref, name]  # neither wrk always started first
+                figures.update(zip(pair, wrk_at_once([servers[n] for n in pair], args.duration)))
             line = ", ".join(f"{name} {rps:.0f} req/s ({err} read errors, {us:.0f} us CPU/req)" for name, (rps, err, us) in figures.items())
             print(f"round {r + 1}: {line}", flush=True)
             for name, ref in pairs.items():
