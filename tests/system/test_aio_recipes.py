@@ -81,6 +81,13 @@ def closes_itself(name: str) -> bool:
     return name == "aio_uvicorn"
 
 
+async def eof_after(reader, since: float, within: float) -> float:
+    """Seconds from ``since`` (a time.monotonic() reading) to EOF on ``reader``; fails on
+    data, or after ``within`` seconds."""
+    assert await asyncio.wait_for(reader.read(100), within) == b""
+    return time.monotonic() - since
+
+
 def says_close(head: bytes) -> bool:
     return re.search(rb"(?i)\r\nconnection: *close\r\n", head) is not None
 
@@ -151,16 +158,13 @@ def test_recipe_limits_requests_closes_idle_and_configures_keepalive(name, loop_
             # max_requests: the third answer arrives, then the FIN (EOF, not a reset)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             heads = [await ask(name, reader, writer) for _ in range(MAX_REQUESTS)]
-            answered = time.monotonic()
-            assert await asyncio.wait_for(reader.read(100), 5) == b""
-            fin_after = time.monotonic() - answered
+            fin_after = await eof_after(reader, time.monotonic(), 5)
             writer.close()
             # idle: one request, then silence until the FIN
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             sent = time.monotonic()
             await ask(name, reader, writer)
-            assert await asyncio.wait_for(reader.read(100), IDLE + 5) == b""
-            idle_after = time.monotonic() - sent
+            idle_after = await eof_after(reader, sent, IDLE + 5)
             writer.close()
         finally:
             await stop()
@@ -259,8 +263,7 @@ async def slow_exchange(recipe, on_event, seconds: float, **reaper_options):
         head = await asyncio.wait_for(ask("aio_uvicorn", reader, writer), seconds + 5)
         answered = time.monotonic()
         protocols = list(server.server_state.connections)
-        assert await asyncio.wait_for(reader.read(100), IDLE + 5) == b""
-        fin_after = time.monotonic() - answered
+        fin_after = await eof_after(reader, answered, IDLE + 5)
         writer.close()
     finally:
         await stop()
@@ -307,8 +310,7 @@ def test_uvicorn_recipe_closes_a_connection_that_never_completes_a_request(sends
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             opened = time.monotonic()
             writer.write(sends)
-            assert await asyncio.wait_for(reader.read(100), IDLE + 5) == b""
-            closed_after = time.monotonic() - opened
+            closed_after = await eof_after(reader, opened, IDLE + 5)
             writer.close()
         finally:
             await stop()
