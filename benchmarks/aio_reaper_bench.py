@@ -6,9 +6,8 @@ connection (the pattern uvicorn uses for its keep-alive timeout).
 What this measures, and what it does not: the cost of keeping the idle clock alone, in a
 loop that does nothing else. It is what a server saves by replacing a per-connection timer
 with the reaper. A server that keeps its own timer and runs the reaper beside it saves
-nothing of it and pays the touch on top: uvicorn arms its keep-alive timer after every
-response and has no switch to turn it off. For what a uvicorn user gets from the recipe,
-see benchmarks/aio_uvicorn_bench.py.
+nothing of it and pays the touch on top. For a real server that replaces its timer (uvicorn
+with the recipe of docs/examples/aio_uvicorn.py), see benchmarks/aio_uvicorn_bench.py.
 
 Per event loop (asyncio's, and uvloop when installed) and per fastka backend, with N
 connections tracked at once:

@@ -76,9 +76,16 @@ async def ask_reply(name: str, reader) -> bytes:
 
 def closes_itself(name: str) -> bool:
     """The uvicorn recipe leaves max_requests to uvicorn's protocol (the last response says
-    Connection: close) and idle closes to uvicorn's timer, and reaps at max_lifetime; the
-    others reap at MAX_REQUESTS and IDLE."""
+    Connection: close, then uvicorn closes); the others reap at MAX_REQUESTS. All reap at
+    IDLE."""
     return name == "aio_uvicorn"
+
+
+async def eof_after(reader, since: float, within: float) -> float:
+    """Seconds from ``since`` (a time.monotonic() reading) to EOF on ``reader``; fails on
+    data, or after ``within`` seconds."""
+    assert await asyncio.wait_for(reader.read(100), within) == b""
+    return time.monotonic() - since
 
 
 def says_close(head: bytes) -> bool:
@@ -115,15 +122,15 @@ async def started(name: str, recipe, on_event, want):
             reaper.close()
 
     else:
-        reaper, port, stop = await started_uvicorn(recipe, on_event)
+        reaper, port, stop, _ = await started_uvicorn(recipe, on_event)
     assert type(reaper._mgr) is want.KeepaliveManager
     return port, stop
 
 
-async def started_uvicorn(recipe, on_event):
-    reaper = recipe.make_reaper(on_event)
+async def started_uvicorn(recipe, on_event, app=None, max_requests=MAX_REQUESTS, **reaper_options):
+    reaper = recipe.make_reaper(on_event, **{"idle_timeout": IDLE, **reaper_options})
     await reaper.__aenter__()
-    server = recipe.server(recipe.hello, reaper, port=0, idle_timeout=IDLE, max_requests=MAX_REQUESTS)
+    server = recipe.server(app or recipe.hello, reaper, port=0, max_requests=max_requests)
     task = asyncio.ensure_future(server.serve())
     while not server.started:
         assert not task.done(), task.exception()
@@ -134,7 +141,7 @@ async def started_uvicorn(recipe, on_event):
         await task
         await reaper.__aexit__(None, None, None)
 
-    return reaper, server.servers[0].sockets[0].getsockname()[1], stop
+    return reaper, server.servers[0].sockets[0].getsockname()[1], stop, server
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -151,16 +158,13 @@ def test_recipe_limits_requests_closes_idle_and_configures_keepalive(name, loop_
             # max_requests: the third answer arrives, then the FIN (EOF, not a reset)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             heads = [await ask(name, reader, writer) for _ in range(MAX_REQUESTS)]
-            answered = time.monotonic()
-            assert await asyncio.wait_for(reader.read(100), 5) == b""
-            fin_after = time.monotonic() - answered
+            fin_after = await eof_after(reader, time.monotonic(), 5)
             writer.close()
             # idle: one request, then silence until the FIN
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             sent = time.monotonic()
             await ask(name, reader, writer)
-            assert await asyncio.wait_for(reader.read(100), IDLE + 5) == b""
-            idle_after = time.monotonic() - sent
+            idle_after = await eof_after(reader, sent, IDLE + 5)
             writer.close()
         finally:
             await stop()
@@ -171,7 +175,7 @@ def test_recipe_limits_requests_closes_idle_and_configures_keepalive(name, loop_
     assert IDLE - CLOCK_GRAIN <= idle_after <= IDLE + 0.5
     if closes_itself(name):
         assert [says_close(h) for h in heads] == [False] * (MAX_REQUESTS - 1) + [True]
-        assert seen == []  # both closes were uvicorn's
+        assert [e for e, _ in seen] == [Event.IDLE]  # the request limit's close was uvicorn's
     else:
         assert [e for e, _ in seen] == [Event.MAX_REQUESTS, Event.IDLE]
     want = recipe.KEEPALIVE
@@ -215,29 +219,22 @@ def test_uvicorn_recipe_closes_a_busy_connection_at_max_lifetime_and_sets_keepal
         seen.append((event, fastka.get_keepalive(transport.get_extra_info("socket"))))
 
     async def main():
-        reaper = recipe.make_reaper(on_event, max_lifetime=0.5)
-        async with reaper:
+        reaper, port, stop, _ = await started_uvicorn(recipe, on_event, max_requests=None, idle_timeout=5.0, max_lifetime=0.5)
+        try:
             assert type(reaper._mgr) is on_backend.KeepaliveManager
-            server = recipe.server(recipe.hello, reaper, port=0, idle_timeout=5.0, max_requests=None)
-            task = asyncio.ensure_future(server.serve())
-            while not server.started:
-                assert not task.done(), task.exception()
-                await asyncio.sleep(0.01)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            born = time.monotonic()
+            heads = []
             try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", server.servers[0].sockets[0].getsockname()[1])
-                born = time.monotonic()
-                heads = []
-                try:
-                    while True:
-                        heads.append(await ask("aio_uvicorn", reader, writer))
-                        await asyncio.sleep(0.05)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    pass  # the reaper's FIN (or a request that crossed it: a reset)
-                lived = time.monotonic() - born
-                writer.close()
-            finally:
-                server.should_exit = True
-                await task
+                while True:
+                    heads.append(await ask("aio_uvicorn", reader, writer))
+                    await asyncio.sleep(0.05)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # the reaper's FIN (or a request that crossed it: a reset)
+            lived = time.monotonic() - born
+            writer.close()
+        finally:
+            await stop()
         return lived, heads
 
     lived, heads = run(loop_kind, main)
@@ -245,6 +242,115 @@ def test_uvicorn_recipe_closes_a_busy_connection_at_max_lifetime_and_sets_keepal
     assert len(heads) >= 3 and not any(says_close(h) for h in heads)
     want = recipe.KEEPALIVE
     assert [(e, (s.enabled, s.idle, s.interval, s.count)) for e, s in seen] == [(Event.MAX_LIFETIME, (True, want.idle, want.interval, want.count))]
+
+
+def slow(seconds: float):
+    """An ASGI app that answers like the recipe's hello after ``seconds``."""
+
+    async def app(scope, receive, send):
+        await asyncio.sleep(seconds)
+        await load("aio_uvicorn").hello(scope, receive, send)
+
+    return app
+
+
+async def slow_exchange(recipe, on_event, seconds: float, **reaper_options):
+    """One request to an app that takes ``seconds``, then silence: (its head, seconds from
+    the whole response to the FIN, the server's protocols after the response)."""
+    _, port, stop, server = await started_uvicorn(recipe, on_event, app=slow(seconds), max_requests=None, **reaper_options)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = await asyncio.wait_for(ask("aio_uvicorn", reader, writer), seconds + 5)
+        answered = time.monotonic()
+        protocols = list(server.server_state.connections)
+        fin_after = await eof_after(reader, answered, IDLE + 5)
+        writer.close()
+    finally:
+        await stop()
+    return head, fin_after, protocols
+
+
+def test_uvicorn_recipe_keeps_the_idle_clock_instead_of_uvicorns_timer(loop_kind, on_backend):
+    """A request that runs longer than the idle timeout is answered in full (the reaper's
+    idle deadline passes meanwhile and spares it); the idle close then comes IDLE after the
+    response, from the reaper: uvicorn armed no keep-alive timer of its own."""
+    recipe = load("aio_uvicorn")
+    events = []
+
+    head, fin_after, protocols = run(loop_kind, lambda: slow_exchange(recipe, lambda t, e: events.append(e), 2.5 * IDLE))
+    assert not says_close(head)
+    assert IDLE - CLOCK_GRAIN <= fin_after <= IDLE + 0.3, f"FIN {fin_after * 1000:.0f} ms after the response"
+    assert events == [Event.IDLE]
+    assert len(protocols) == 1 and protocols[0].timeout_keep_alive_task is None
+    assert isinstance(protocols[0].loop, recipe.LoopView)
+
+
+def test_uvicorn_recipe_closes_a_request_in_flight_at_max_lifetime_after_its_response(loop_kind, on_backend):
+    """max_lifetime passing during a request: the response is whole and says Connection:
+    close, then the FIN."""
+    recipe = load("aio_uvicorn")
+    events = []
+
+    head, fin_after, _ = run(loop_kind, lambda: slow_exchange(recipe, lambda t, e: events.append(e), 0.8, idle_timeout=5.0, max_lifetime=0.3))
+    assert says_close(head)
+    assert fin_after <= 0.1
+    assert events == [Event.MAX_LIFETIME]
+
+
+@pytest.mark.parametrize("sends", [b"", b"GET / HTTP/1.1\r\nHo"], ids=["silent", "half-a-request"])
+def test_uvicorn_recipe_closes_a_connection_that_never_completes_a_request(sends, loop_kind, on_backend):
+    """uvicorn alone arms its timer only after a response: such a connection would stay
+    open. The reaper's idle clock starts at accept: FIN at IDLE."""
+    recipe = load("aio_uvicorn")
+    events = []
+
+    async def main():
+        _, port, stop, _ = await started_uvicorn(recipe, lambda t, e: events.append(e))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened = time.monotonic()
+            writer.write(sends)
+            closed_after = await eof_after(reader, opened, IDLE + 5)
+            writer.close()
+        finally:
+            await stop()
+        return closed_after
+
+    closed_after = run(loop_kind, main)
+    assert IDLE - CLOCK_GRAIN - 0.05 <= closed_after <= IDLE + 0.3
+    assert events == [Event.IDLE]
+
+
+def test_uvicorn_recipe_leaves_a_websocket_to_uvicorn(loop_kind, on_backend):
+    """After the upgrade the connection is uvicorn's WebSocket protocol's: the reaper no
+    longer tracks it, and it outlives the idle timeout."""
+    recipe = load("aio_uvicorn")
+    pytest.importorskip("websockets")
+
+    async def app(scope, receive, send):
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            await receive()  # until the client goes
+
+    async def main():
+        reaper, port, stop, _ = await started_uvicorn(recipe, None, app=app)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            await asyncio.sleep(2 * IDLE)
+            tracked = len(reaper)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(reader.read(1), 0.1)  # still open: nothing, not EOF
+            writer.close()
+        finally:
+            await stop()
+        return head, tracked
+
+    head, tracked = run(loop_kind, main)
+    assert head.startswith(b"HTTP/1.1 101") and tracked == 0
 
 
 def test_streams_recipe_closes_the_connection_when_add_fails(loop_kind, on_backend):
