@@ -55,9 +55,8 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tables  # noqa: E402
 from procs import cpu_model, cpu_seconds, meminfo_kib, raise_nofile, rss_kib, set_sysctl, sysctl  # noqa: E402
-from servers import FastkaServe, Nginx, Refused  # noqa: E402
+from servers import GET, FastkaServe, Nginx, Refused  # noqa: E402
 
-REQ = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # linux/in.h
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # asm-generic/socket.h
 PER_WORKER = 17_000
@@ -130,7 +129,7 @@ def client(port: int, n: int, sources: List[str], first: int, timeout: float, pi
                     fail(fd, f"connect: {errno.errorcode.get(err, err)}")
                     continue
                 try:
-                    s.send(REQ)
+                    s.send(GET)
                 except OSError as exc:
                     fail(fd, f"send: {errno.errorcode.get(exc.errno, exc.errno)}")
                     continue
