@@ -21,7 +21,13 @@ them. Reported:
   arrival is the kernel's receive timestamp (SO_TIMESTAMPNS); FINs are stamped by a
   thread per client process that does nothing but wait on epoll, so a FIN is never
   stamped earlier than it arrived (at worst a little later);
-- connections never closed within answer + timeout + 5 s, and those closed by a reset.
+- connections never closed within answer + timeout + 5 s, and those closed by a reset;
+- what the machine did meanwhile, from the start of the run to the last FIN: the kernel's
+  counters of listen-queue overflows, TCP retransmission timeouts and retransmitted
+  segments (/proc/net/netstat, /proc/net/snmp; the whole machine, both servers' runs
+  apart), and the CPU time the hypervisor took from this machine (steal, /proc/stat): a
+  stall or a retransmission of a few seconds shows in the FIN lateness as much as a late
+  timer would.
 
 Limits: each process holds at most the open-file hard limit (20,000 here), so the server
 runs ``ceil(connections / 17,000)`` workers (``--workers``) and each client process at most
@@ -55,9 +61,8 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tables  # noqa: E402
 from procs import cpu_model, cpu_seconds, meminfo_kib, raise_nofile, rss_kib, set_sysctl, sysctl  # noqa: E402
-from servers import FastkaServe, Nginx, Refused  # noqa: E402
+from servers import GET, FastkaServe, Nginx, Refused  # noqa: E402
 
-REQ = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # linux/in.h
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # asm-generic/socket.h
 PER_WORKER = 17_000
@@ -70,6 +75,27 @@ MIB_PER_PROCESS = 30  # an idle interpreter or nginx worker, MiB (bound)
 def source_address(k: int) -> str:
     """The k-th client source address, spread over 127.0.0.0/8 (never 127.0.0.1)."""
     return f"127.{1 + k // 250}.{k % 250 + 1}.1"
+
+
+def kernel_counters() -> Dict[str, float]:
+    """Machine-wide counters that explain FIN lateness: listen overflows, retransmission
+    timeouts, retransmitted segments, and steal seconds (CPU time the hypervisor took)."""
+    values: Dict[str, float] = {}
+    for path in ("/proc/net/netstat", "/proc/net/snmp"):
+        with open(path) as f:
+            lines = f.read().splitlines()
+        for names, nums in zip(lines[::2], lines[1::2]):
+            prefix = names.split(":")[0]
+            for name, num in zip(names.split()[1:], nums.split()[1:]):
+                values[f"{prefix}.{name}"] = float(num)
+    with open("/proc/stat") as f:
+        cpu = f.readline().split()
+    values["steal"] = int(cpu[8]) / os.sysconf("SC_CLK_TCK") if len(cpu) > 8 else math.nan
+    return values
+
+
+COUNTERS = {"listen overflows": "TcpExt.ListenOverflows", "retransmission timeouts": "TcpExt.TCPTimeouts",
+            "retransmitted segments": "Tcp.RetransSegs", "steal": "steal"}
 
 
 # -- clients (each in its own process) -----------------------------------------------------
@@ -130,7 +156,7 @@ def client(port: int, n: int, sources: List[str], first: int, timeout: float, pi
                     fail(fd, f"connect: {errno.errorcode.get(err, err)}")
                     continue
                 try:
-                    s.send(REQ)
+                    s.send(GET)
                 except OSError as exc:
                     fail(fd, f"send: {errno.errorcode.get(exc.errno, exc.errno)}")
                     continue
@@ -229,6 +255,7 @@ def run(server, args, deadline: float) -> dict:
     """One server: start it, open the connections, measure, wait for the FINs, stop all."""
     port = server.start()
     procs: List[multiprocessing.Process] = []
+    before = kernel_counters()
     try:
         time.sleep(1.0)
         base_rss, base_slab = rss_kib(server.pids()), meminfo_kib("Slab")
@@ -274,6 +301,8 @@ def run(server, args, deadline: float) -> dict:
         pick = lambda q: late[min(len(late) - 1, int(q * len(late)))] if late else math.nan  # noqa: E731
         out.update(closed=len(late), p50=pick(0.5), p99=pick(0.99), late_max=late[-1] if late else math.nan,
                    late_min=late[0] if late else math.nan)
+        after = kernel_counters()
+        out["machine"] = {label: after[key] - before[key] for label, key in COUNTERS.items()}
         return out
     finally:
         for p in procs:
@@ -387,6 +416,9 @@ def main() -> int:
          [f"{r['p50']:.3f} / {r['p99']:.3f} / {r['late_max']:.3f} s" for _, r in rows]),
         ("earliest FIN (lateness min)", [f"{r['late_min']:.3f} s" for _, r in rows]),
         (f"never closed (within + {LATE_GRACE:g} s) / closed by reset", [f"{r['never']:,} / {r['resets']:,}" for _, r in rows]),
+        ("machine during the run: listen overflows / retransmission timeouts / retransmitted segments",
+         [" / ".join(f"{r['machine'][k]:,.0f}" for k in list(COUNTERS)[:3]) for _, r in rows]),
+        ("machine during the run: CPU time taken by the hypervisor (steal)", [f"{r['machine']['steal']:.1f} s" for _, r in rows]),
     ]
     print()
     print(f"{time.strftime('%Y-%m-%d', time.gmtime())}: {n:,} idle keep-alive connections, loopback, {per_worker} each,"

@@ -34,7 +34,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,9 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tables  # noqa: E402
 from paired import median, ratio  # noqa: E402
 from procs import cpu_model, pss_kib, raise_nofile, rss_kib  # noqa: E402
-from servers import FastkaServe, Nginx, Refused, Uvicorn  # noqa: E402
+from servers import FastkaServe, Nginx, Refused, Uvicorn, idle_connections  # noqa: E402
 
-REQ = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
@@ -93,19 +91,8 @@ def idle_memory(port: int, server, n: int) -> Tuple[float, float]:
     time.sleep(0.5)
     pids = server.pids()
     rss0, pss0 = rss_kib(pids), pss_kib(pids)
-    socks = []
+    socks = idle_connections(port, n, 30.0)
     try:
-        for _ in range(n):
-            s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(REQ)
-            socks.append(s)
-        for s in socks:
-            data = b""
-            while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise RuntimeError("the server closed an idle connection early")
-                data += chunk
         time.sleep(1.0)
         pids = server.pids()
         return (rss_kib(pids) - rss0) * 1024 / n, (pss_kib(pids) - pss0) * 1024 / n

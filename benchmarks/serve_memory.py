@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH)
 from procs import raise_nofile, stop_process  # noqa: E402
 from servers import ROOT, FastkaServe, Refused  # noqa: E402
 
@@ -43,22 +44,12 @@ srv.serve_forever()
 """
 
 CLIENT = r"""
-import resource, socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-socks = []
-for i in range(n):
-    s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-    socks.append(s)
-for s in socks:
-    data = b""
-    while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
-        chunk = s.recv(4096)
-        if not chunk:
-            raise SystemExit("server closed a connection")
-        data += chunk
+import sys
+sys.path.insert(0, sys.argv[3])
+from procs import raise_nofile
+from servers import idle_connections
+raise_nofile()
+socks = idle_connections(int(sys.argv[1]), int(sys.argv[2]), 60.0)
 print("ready", flush=True)
 sys.stdin.read()
 """
@@ -94,7 +85,7 @@ def measure(name: str, cmd: list, n: int) -> dict:
     try:
         time.sleep(0.3)
         before = mem_kib(proc.pid)
-        client = subprocess.Popen([sys.executable, "-c", CLIENT, str(port), str(n)], stdin=subprocess.PIPE,
+        client = subprocess.Popen([sys.executable, "-c", CLIENT, str(port), str(n), BENCH], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
         try:
             line = client.stdout.readline()

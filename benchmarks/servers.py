@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,13 +24,72 @@ from procs import free_port, raise_nofile, stop_process, tree_pids, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNLIMITED_REQUESTS = 2**31 - 1
+GET = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
 class Refused(RuntimeError):
     """The server cannot run as asked here (the message says why)."""
 
 
-class FastkaServe:
+def idle_connections(port: int, n: int, timeout: float) -> List[socket.socket]:
+    """Open ``n`` connections to 127.0.0.1:``port``, send one GET on each and read its whole
+    answer (a body ending in a newline): keep-alive connections left idle, for the caller
+    to close. ``timeout``: seconds any one connect or read may take. RuntimeError when the
+    server closes a connection first (the ones opened are closed then)."""
+    socks: List[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            socks.append(s)
+            s.sendall(GET)
+        for s in socks:
+            data = b""
+            while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError("the server closed an idle connection early")
+                data += chunk
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+class Process:
+    """A server run as a process tree (``self.proc``): its pids, and stop() with
+    ``stop_signal``, closing its pipes and removing ``self.dir`` when it has one."""
+
+    stop_signal = signal.SIGTERM
+    proc: subprocess.Popen
+    dir: Optional[str] = None
+
+    def pids(self) -> List[int]:
+        return tree_pids(self.proc.pid)
+
+    def stop(self) -> None:
+        stop_process(self.proc, self.stop_signal, 30)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _started(self, port: int, name: str) -> int:
+        """``port`` once the server listens there (and is settled); stopped on failure."""
+        try:
+            wait_port(port, self.proc, name)
+            self._settle()
+        except BaseException:
+            self.stop()
+            raise
+        return port
+
+    def _settle(self) -> None:
+        """Wait, after the port answers, until the server is fully up (nothing by default)."""
+
+
+class FastkaServe(Process):
     """``python -m fastka serve`` from this checkout, ``backend`` "c" or "python"."""
 
     def __init__(self, backend: str, workers: int = 1, timeout: float = 75.0,
@@ -71,14 +131,6 @@ class FastkaServe:
             raise Refused(f"{self.label}: asked for backend {self.backend!r}, the server runs {ran.group(1)!r}")
         return int(port.group(1))
 
-    def pids(self) -> List[int]:
-        return tree_pids(self.proc.pid)
-
-    def stop(self) -> None:
-        stop_process(self.proc, signal.SIGTERM, 30)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
-
 
 NGINX_CONF = """
 worker_processes {workers};
@@ -109,9 +161,11 @@ def nginx_binary() -> Optional[str]:
     return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
-class Nginx:
+class Nginx(Process):
     """nginx with a minimal configuration in a temporary directory: ``workers`` worker
     processes, ``return 200`` on loopback, keep-alive timeout ``timeout`` s."""
+
+    stop_signal = signal.SIGQUIT  # nginx's graceful stop
 
     def __init__(self, workers: int = 1, timeout: float = 75.0, requests: int = UNLIMITED_REQUESTS) -> None:
         self.binary = nginx_binary()
@@ -133,24 +187,13 @@ class Nginx:
                                       requests=self.requests))
         self.proc = subprocess.Popen([self.binary, "-p", self.dir, "-c", conf], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
-        try:
-            wait_port(port, self.proc, "nginx")
-            deadline = time.monotonic() + 30  # every worker has its reuseport listener
-            while len(self.pids()) < self.workers + 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.3)
-        except BaseException:
-            self.stop()
-            raise
-        return port
+        return self._started(port, "nginx")
 
-    def pids(self) -> List[int]:
-        return tree_pids(self.proc.pid)
-
-    def stop(self) -> None:
-        stop_process(self.proc, signal.SIGQUIT, 30)  # SIGQUIT: nginx's graceful stop
-        self.proc.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def _settle(self) -> None:
+        deadline = time.monotonic() + 30  # every worker has its reuseport listener
+        while len(self.pids()) < self.workers + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
 
 
 UVICORN_APP = '''
@@ -164,7 +207,7 @@ async def app(scope, receive, send):
 '''
 
 
-class Uvicorn:
+class Uvicorn(Process):
     """uvicorn with uvloop and httptools, one worker, a minimal ASGI app; keep-alive
     timeout ``timeout`` s."""
 
@@ -187,17 +230,4 @@ class Uvicorn:
                                       "--timeout-keep-alive", f"{self.timeout:.0f}"],
                                      cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      preexec_fn=raise_nofile)
-        try:
-            wait_port(port, self.proc, "uvicorn")
-        except BaseException:
-            self.stop()
-            raise
-        return port
-
-    def pids(self) -> List[int]:
-        return tree_pids(self.proc.pid)
-
-    def stop(self) -> None:
-        stop_process(self.proc, signal.SIGTERM, 30)
-        self.proc.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        return self._started(port, "uvicorn")

@@ -3,12 +3,9 @@ the pool of idle parsers shared by all connections of a worker."""
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import httptools  # the serve extra: fastka.cli.serve.run checks it is there before importing this
-
-if TYPE_CHECKING:
-    from .server import Server
 
 PARSER_POOL = 256  # idle parsers kept for reuse
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -19,7 +16,7 @@ class TooLarge(Exception):
 
 
 class Conn:
-    """One client connection: what the manager tracks (``fileno``/``close``).
+    """One client connection (the manager tracks its socket).
 
     ``url``, ``tokens`` and ``head`` describe the request being parsed and are reset to
     shared empty values between requests; ``parser`` is None while no request is in
@@ -27,11 +24,10 @@ class Conn:
     --max-requests (spread by --jitter).
     """
 
-    __slots__ = ("server", "sock", "fd", "parser", "out", "served", "limit", "closing", "in_msg", "partial",
+    __slots__ = ("sock", "fd", "parser", "out", "served", "limit", "closing", "in_msg", "partial",
                  "head", "raw", "url", "tokens", "timed", "paused", "writing", "queued", "gone")
 
-    def __init__(self, server: "Server", sock: socket.socket, limit: int) -> None:
-        self.server = server
+    def __init__(self, sock: socket.socket, limit: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.parser: Any = None
@@ -50,13 +46,6 @@ class Conn:
         self.writing = False  # registered for EVENT_WRITE
         self.queued = False  # in Server.ready: readable, waiting for its turn
         self.gone = False
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def close(self) -> None:
-        """The manager drops it (idle, peer closed, reset)."""
-        self.server._discard(self)
 
 
 class Callbacks:

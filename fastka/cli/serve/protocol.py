@@ -26,7 +26,6 @@ STATUS_PATH = b"/status"  # answered with the figures as JSON; every other path 
 SERVER = "fastka"
 TEXT = "text/plain; charset=utf-8"
 
-Answerer = Callable[[bytes, int, int, bytes, bytes, bytes, bytes], Optional[Tuple[int, bytes]]]
 
 
 def advertised_timeout(keepalive_timeout: float, margin: float) -> Optional[int]:
@@ -37,35 +36,42 @@ def advertised_timeout(keepalive_timeout: float, margin: float) -> Optional[int]
     return hint if hint >= 1 else None
 
 
-def fast_path(backend: Any) -> Optional[Answerer]:
-    """The C fast path (fastka.cli.serve._fastpath.answer) with the "c" backend; None with
+def fast_path(backend: Any, max_header_size: int) -> Any:
+    """The C fast path (a fastka.cli.serve._fastpath.Plain) with the "c" backend; None with
     the fallback (the readable specification) or when the fast path was not built."""
     if backend.name != "c":
         return None
     try:
-        from ._fastpath import answer
+        from ._fastpath import Plain
     except ImportError:  # not built: every request takes the general path
         return None
-    return answer
+    return Plain(max_header_size, RECV_SIZE, BODY, STATUS_PATH)
 
 
 class Heads:
-    """Response heads of the current second (their Date), by what else shapes them, as the
-    text before and after the one figure that varies (the Keep-Alive ``max=``)."""
+    """Response heads of the second of the last refresh() (their Date; call it before the
+    first get()), by what else shapes them, as the text before and after the one figure that varies (the Keep-Alive ``max=``).
+    The worker refreshes once per loop iteration, as nginx updates its clock once per event
+    loop iteration."""
 
     def __init__(self, keepalive_hint: Optional[int]) -> None:
         self._keep = "Connection: keep-alive\r\nKeep-Alive: " + (
             f"timeout={keepalive_hint}, max=" if keepalive_hint is not None else "max=")
-        self._second = 0
+        self._second = -1
         self._date = ""
         self._cache: Dict[Tuple[Any, ...], Tuple[bytes, bytes]] = {}
 
-    def get(self, status: str, ctype: str, length: int, extra: str, keep: bool) -> Tuple[bytes, bytes]:
+    def refresh(self) -> bool:
+        """Take the current second (UTC) for the Date of the heads; True when it changed."""
         now = int(time.time())
-        if self._second != now:
-            self._second = now
-            self._date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
-            self._cache = {}
+        if self._second == now:
+            return False
+        self._second = now
+        self._date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+        self._cache = {}
+        return True
+
+    def get(self, status: str, ctype: str, length: int, extra: str, keep: bool) -> Tuple[bytes, bytes]:
         key = (status, ctype, length, extra, keep)
         parts = self._cache.get(key)
         if parts is None:
@@ -86,7 +92,7 @@ class Protocol:
     unsent: int
     requests: int
     plain_requests: int
-    _plain: Optional[Answerer]
+    _plain: Any  # fastka.cli.serve._fastpath.Plain, or None
     _callbacks: Callbacks
     _parsers: ParserPool
     _heads: Heads
@@ -111,33 +117,11 @@ class Protocol:
         left = b"%d" % (c.limit - c.served) if keep else b""
         self._send(c, before + left + after if head else before + left + after + body)
 
-    def _answer_plain(self, c: Conn, data: bytes) -> bool:
-        """The fast path: answer a read of nothing but plain GET/HEAD requests in C, as
-        _answer would; False (nothing done) for anything else."""
-        before, after = self._heads.get("200 OK", TEXT, len(BODY), "", True)
-        got = self._plain(data, self.max_header_size, c.limit - c.served - 1, before, after, BODY, STATUS_PATH)  # type: ignore[misc]
-        if got is None:
-            return False
-        n, out = got
-        c.served += n
-        self.requests += n
-        self.plain_requests += n
-        self.mgr.touch(c)  # a complete request restarts the idle clock
-        c.partial = False
-        if c.out is None:  # nothing queued before: send the answers straight away
-            try:
-                sent = c.sock.send(out)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._drop(c, Event.RESET.name)
-                return True
-            if sent == len(out):
-                return True
-            out = out[sent:]
-        self._send(c, out)
-        self._flush(c)
-        return True
+    def _refresh_heads(self) -> None:
+        """Once per loop iteration: the current second's Date in the heads (the fast
+        path's too)."""
+        if self._heads.refresh() and self._plain is not None:
+            self._plain.set_head(*self._heads.get("200 OK", TEXT, len(BODY), "", True))
 
     def _answer(self, c: Conn, done: List[Tuple[Any, ...]]) -> None:
         """Answer the complete requests parsed by the last feed, in order."""
@@ -176,26 +160,47 @@ class Protocol:
         c.closing = reason
 
     def _on_readable(self, c: Conn) -> None:
-        try:
-            data = c.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._drop(c, Event.RESET.name)
-            return
+        if self._plain is not None and c.out is None and c.parser is None and not c.timed and not c.closing:
+            # The fast path: a read of nothing but plain GET/HEAD requests is answered and
+            # sent in C, as _answer would answer it; any other read comes back for below.
+            try:
+                got = self._plain.serve(c.fd, c.limit - c.served - 1)
+            except OSError:
+                self._drop(c, Event.RESET.name)
+                return
+            if got is None:
+                return
+            if got.__class__ is tuple:
+                n, rest = got
+                c.served += n
+                self.requests += n
+                self.plain_requests += n
+                self.mgr.touch(c.sock)  # a complete request restarts the idle clock
+                c.partial = False
+                if rest:
+                    self._send(c, rest)
+                    self._flush(c)
+                return
+            data = got
+        else:
+            try:
+                data = c.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop(c, Event.RESET.name)
+                return
         if not data:  # the client's FIN, seen by us before the manager's peek
             if c.out and not c.closing:  # answers still unsent: finish them, then close
                 c.closing = Event.PEER_CLOSED.name
                 if not c.paused:
-                    self.mgr.remove(c)
+                    self.mgr.remove(c.sock)
                     c.paused = True
             elif not c.out:
                 self._drop(c, Event.PEER_CLOSED.name)
             return
         if c.closing:
             return  # answered its last request: ignore what follows
-        if self._plain is not None and c.parser is None and not c.timed and self._answer_plain(c, data):
-            return
         self._feed(c, data)
         self._flush(c)
 
@@ -240,7 +245,7 @@ class Protocol:
         finally:
             callbacks.c = None
         if done and not c.closing:
-            self.mgr.touch(c)  # a complete request restarts the idle clock
+            self.mgr.touch(c.sock)  # a complete request restarts the idle clock
         if c.closing:
             c.parser = None  # spent (error, upgrade, close): never pooled
         elif not c.in_msg:
@@ -275,7 +280,7 @@ class Protocol:
                     self._start_clock(c, time.monotonic())
             if not c.paused and (len(out) > OUT_HIGH or self.unsent > OUT_TOTAL) and not c.closing:
                 c.paused = True  # backpressure: stop reading until the output drains
-                self.mgr.remove(c)
+                self.mgr.remove(c.sock)
             return
         c.out = None
         if c.writing:
@@ -286,7 +291,7 @@ class Protocol:
             return
         if c.paused:
             c.paused = False
-            self.mgr.add(c)  # reports READABLE again if the client sent more meanwhile
-            self.mgr.touch(c)
+            self.mgr.add(c.sock)  # reports READABLE again if the client sent more meanwhile
+            self.mgr.touch(c.sock)
         if not c.partial:
             self._stop_clock(c)

@@ -88,7 +88,7 @@ class Server(Protocol):
         self.sel.register(self.listener, selectors.EVENT_READ, "accept")
         self.sel.register(self.mgr.fileno(), selectors.EVENT_READ, "manager")
         self.sel.register(self._wake_r, selectors.EVENT_READ, "signal")
-        self.conns: Dict[int, Conn] = {}
+        self.conns: Dict[socket.socket, Conn] = {}  # the manager tracks the sockets
         self.lingering: Dict[int, Tuple[socket.socket, float]] = {}
         # Request deadlines: connections with a request in progress or output not
         # progressing, in the order their clock started. Every clock runs for
@@ -100,7 +100,8 @@ class Server(Protocol):
         self._callbacks = Callbacks(max_header_size, self._send)
         self._parsers = ParserPool(self._callbacks)
         self._heads = Heads(self.keepalive_hint)
-        self._plain = fast_path(backend)
+        self._plain = fast_path(backend, max_header_size)
+        self._refresh_heads()
         self.unsent = 0  # bytes of output not yet sent, all connections
         self.requests = 0
         self.plain_requests = 0  # of which answered by the fast path
@@ -163,7 +164,7 @@ class Server(Protocol):
     def _release(self, c: Conn) -> None:
         """Forget everything a connection holds besides its socket."""
         c.gone = True
-        self.conns.pop(c.fd, None)
+        self.conns.pop(c.sock, None)
         self._stop_clock(c)
         if c.out is not None:
             self.unsent -= len(c.out)
@@ -174,7 +175,7 @@ class Server(Protocol):
             c.writing = False
 
     def _discard(self, c: Conn) -> None:
-        """Forget and close a connection (the manager calls this when it drops one)."""
+        """Forget and close a connection."""
         if c.gone:
             return
         self._release(c)
@@ -182,16 +183,14 @@ class Server(Protocol):
 
     def _drop(self, c: Conn, reason: str) -> None:
         """The client went away (reset or FIN seen by recv/send): close at once."""
-        if c in self.mgr:
-            self.mgr.remove(c)
+        self.mgr.discard(c.sock)
         self._count(reason)
         self._discard(c)
 
     def _server_close(self, c: Conn, reason: str) -> None:
         """Close from our side: FIN now, then read until the client's FIN (lingering close)."""
         self._count(reason)
-        if c in self.mgr:
-            self.mgr.remove(c)
+        self.mgr.discard(c.sock)
         sock = c.sock
         self._release(c)
         try:
@@ -236,10 +235,9 @@ class Server(Protocol):
                 raise
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            c = Conn(self, sock, _jitter.count(self.max_requests, self.jitter))  # type: ignore[arg-type]
-            self.conns[c.fd] = c
+            self.conns[sock] = Conn(sock, _jitter.count(self.max_requests, self.jitter))
             self.accepted += 1
-            self.mgr.add(c)
+            self.mgr.add(sock)
 
     def _expire(self, now: float) -> None:
         """Drop requests not complete (or output not progressing) in time; end overdue
@@ -313,7 +311,7 @@ class Server(Protocol):
             self._publish(time.monotonic())
 
     def _loop(self) -> None:
-        sel, mgr, ready = self.sel, self.mgr, self.ready
+        sel, mgr, ready, conns = self.sel, self.mgr, self.ready, self.conns
         readable, monotonic = Event.READABLE, time.monotonic
         stop_by = 0.0
         while True:
@@ -324,6 +322,7 @@ class Server(Protocol):
                     break
             events = sel.select(self._timeout())
             until = time.monotonic() + TICK
+            self._refresh_heads()
             for key, _ in events:
                 tag = key.data
                 if tag == "accept":
@@ -350,14 +349,16 @@ class Server(Protocol):
                         self._end_linger(fd)
                 elif not tag.gone:
                     self._flush(tag)
-            # poll(0) also closes every connection whose idle time is up: the budget keeps
-            # the next poll near, so a flood of accepts and requests delays no FIN by more
-            # than about TICK. A readable connection joins the back of the queue (once);
-            # the queue is served from its front, at least one connection per iteration, so
-            # one the budget left unserved is first in the next iteration.
-            for c, ev in mgr.poll(0):
+            # poll(0) also closes (FIN) every connection whose idle time is up: the budget
+            # keeps the next poll near, so a flood of accepts and requests delays no FIN by
+            # more than about TICK. A readable connection joins the back of the queue
+            # (once); the queue is served from its front, at least one connection per
+            # iteration, so one the budget left unserved is first in the next iteration.
+            for sock, ev in mgr.poll(0):
+                c = conns[sock]
                 if ev != readable:
                     self._count(Event(ev).name)
+                    self._discard(c)  # the manager closed its socket
                 elif not c.queued:
                     c.queued = True
                     ready.append(c)
