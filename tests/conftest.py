@@ -59,6 +59,26 @@ def pair(listener):
 
 
 @pytest.fixture
+def cli_main(capsys, monkeypatch):
+    """``cli_main(*args)``: `fastka args` run in this process (an 80-column terminal, as in a
+    subprocess whose output is a pipe); returns (exit status, stdout, stderr)."""
+    from fastka import cli
+
+    monkeypatch.setenv("COLUMNS", "80")
+
+    def run(*args: str):
+        capsys.readouterr()
+        try:
+            status = cli.main(list(args))
+        except SystemExit as exc:  # argparse: --help, --version, a usage error
+            status = exc.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+@pytest.fixture
 def mgr_factory(backend):
     """``make(*args, **kw)``: a KeepaliveManager of the test's backend, closed afterwards."""
     made = []
