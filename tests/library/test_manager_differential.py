@@ -3,9 +3,9 @@ same random sequence of operations on real loopback connections, report the same
 from __future__ import annotations
 
 import random
+import select
 import socket
 import struct
-import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -17,6 +17,9 @@ from fastka import _manager_py
 _manager_c = pytest.importorskip("fastka._manager_c", reason="the compiled manager is not built")
 
 SLOTS = 4
+# poll() events that show the server end received what the peer sent: a byte, a FIN, a reset
+SEEN = {"send": select.POLLIN, "fin": select.POLLRDHUP, "send_fin": select.POLLRDHUP,
+        "rst": select.POLLERR | select.POLLHUP}
 SEED = 20  # the jitter source of both twins: the same draws in the same add order
 
 
@@ -150,6 +153,8 @@ class ManagerDiff(RuleBasedStateMachine):
     @rule(data=st.data(), how=st.sampled_from(["fin", "rst", "send", "send_fin"]))
     def peer(self, data, how):
         i = data.draw(st.sampled_from(sorted(self.added)))
+        arrived = select.poll()  # what the server end sees once loopback delivered
+        waiting = set()
         for t in self.twins:
             c = t.pairs[i][0]
             if c.fileno() < 0:
@@ -163,10 +168,19 @@ class ManagerDiff(RuleBasedStateMachine):
                 try:
                     c.send(b"x")
                 except OSError:
-                    pass
+                    continue
                 if how == "send_fin":
                     c.close()
-        time.sleep(0.01)  # let loopback deliver to both
+            s = t.pairs[i][1]
+            if s.fileno() >= 0:
+                waiting.add(s.fileno())
+                arrived.register(s, SEEN[how])
+        while waiting:  # the twins' ends, each until its own arrival
+            ready = {fd for fd, _ in arrived.poll(5000)}
+            assert ready, f"loopback delivered no {how} within 5 s"
+            for fd in ready & waiting:
+                arrived.unregister(fd)
+            waiting -= ready
 
     @precondition(lambda self: self.added)
     @rule(data=st.data())
