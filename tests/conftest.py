@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import netns  # noqa: E402
 
+import fastka  # noqa: E402
 from fastka import _backends  # noqa: E402
 
 BACKENDS = _backends.NAMES
@@ -56,6 +57,27 @@ def pair(listener):
     client = socket.create_connection(listener.getsockname())
     server, _ = listener.accept()
     return client, server
+
+
+class FakeClock:
+    """A clock for ``_set_clock`` or a module's ``monotonic``: reads ``now`` (seconds), which
+    the test advances."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def on_backend(backend, monkeypatch):
+    """Code that calls ``fastka.<function>`` (the pools, the recipes) gets this backend's."""
+    loaded = backend.load()
+    for name in ("is_alive", "find_dead", "set_keepalive", "get_keepalive", "create_server"):
+        if hasattr(loaded, name):
+            monkeypatch.setattr(fastka, name, getattr(loaded, name))
+    return backend
 
 
 @pytest.fixture

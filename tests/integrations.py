@@ -68,16 +68,6 @@ def load_recipe(name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture
-def on_backend(backend, monkeypatch):
-    """The recipes call ``fastka.<function>``: point those names at this backend's."""
-    loaded = backend.load()
-    for name in ("set_keepalive", "find_dead", "create_server"):
-        if hasattr(loaded, name):
-            monkeypatch.setattr(fastka, name, getattr(loaded, name))
-    return backend
-
-
 # -- a keep-alive HTTP/1.1 server for the clients ---------------------------------------
 
 class _Handler(http.server.BaseHTTPRequestHandler):

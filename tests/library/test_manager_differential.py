@@ -2,6 +2,7 @@
 same random sequence of operations on real loopback connections, report the same events."""
 from __future__ import annotations
 
+import os
 import random
 import select
 import socket
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from conftest import FakeClock
 from fastka import _manager_py
 
 _manager_c = pytest.importorskip("fastka._manager_c", reason="the compiled manager is not built")
@@ -21,14 +23,6 @@ SLOTS = 4
 SEEN = {"send": select.POLLIN, "fin": select.POLLRDHUP, "send_fin": select.POLLRDHUP,
         "rst": select.POLLERR | select.POLLHUP}
 SEED = 20  # the jitter source of both twins: the same draws in the same add order
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 5000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Twin:
@@ -66,7 +60,7 @@ class NoClose:
 class ManagerDiff(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.clock = Clock()
+        self.clock = FakeClock(5000.0)
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         kw = dict(idle_timeout=10, max_requests=3, max_lifetime=25, jitter=0.4)  # limits of 2..4, 15..35
         self.twins = [Twin(cls, self.listener, self.clock, _random=random.Random(SEED).random, **kw)
@@ -197,7 +191,7 @@ class ManagerDiff(RuleBasedStateMachine):
 
     @rule(dt=st.sampled_from([0.001, 1, 5, 9.999, 10, 15, 30]))
     def advance(self, dt):
-        self.clock.t += dt
+        self.clock.now += dt
 
     @rule()
     def poll(self):
@@ -217,5 +211,7 @@ class ManagerDiff(RuleBasedStateMachine):
 
 
 TestManagerDiff = ManagerDiff.TestCase
-TestManagerDiff.settings = settings(max_examples=80, stateful_step_count=25, deadline=None,
+# FASTKA_FUZZ_EXAMPLES: as in test_fuzz.py (tests/system/test_fuzz_deep.py runs 1,000)
+TestManagerDiff.settings = settings(max_examples=int(os.environ.get("FASTKA_FUZZ_EXAMPLES", "80")),
+                                    stateful_step_count=25, deadline=None,
                                     suppress_health_check=list(HealthCheck))
