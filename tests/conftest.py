@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import socket
 import sys
 
@@ -135,6 +136,22 @@ def tcp_pair(listener):
 
 
 @pytest.fixture
+def make_pairs(listener):
+    """``make_pairs(n)``: n connected loopback (client, server) pairs, all closed afterwards."""
+    made = []
+
+    def make(n: int) -> list:
+        new = [pair(listener) for _ in range(n)]
+        made.extend(new)
+        return new
+
+    yield make
+    for client, server in made:
+        client.close()
+        server.close()
+
+
+@pytest.fixture
 def dead_peer_link():
     """A DeadPeerLink (see tests/netns.py); skips with the reason where namespaces are missing."""
     reason = netns.skip_reason()
@@ -142,6 +159,12 @@ def dead_peer_link():
         pytest.skip(reason)
     with netns.DeadPeerLink() as link:
         yield link
+
+
+def rss_kib(pid: "int | str" = "self") -> int:
+    """The resident set size of process ``pid`` (this one by default), KiB (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
 
 def _open_fds():

@@ -23,6 +23,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import fastka
+from pool_servers import serving
 from repo import ROOT
 
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
@@ -112,15 +113,8 @@ class HTTPServer(http.server.ThreadingHTTPServer):
 @contextlib.contextmanager
 def http_server() -> Iterator[HTTPServer]:
     srv = HTTPServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(srv, srv.release.set):
         yield srv
-    finally:
-        srv.release.set()
-        srv.shutdown()
-        thread.join(10)
-        srv.server_close()
 
 
 # -- a real redis-server ----------------------------------------------------------------

@@ -18,6 +18,7 @@ import sys
 import time
 
 import pytest
+from conftest import rss_kib
 from repo import ROOT
 
 pytest.importorskip("httptools", reason="fastka serve needs the serve extra (httptools)")
@@ -236,25 +237,29 @@ def test_idle_close_after_timeout(serve):
     assert s.status()["closes"].get("IDLE") == 1
 
 
+def trickle_until_closed(c: socket.socket, data: bytes, every: float, limit: float = 4.0) -> "float | None":
+    """Send ``data`` every ``every`` seconds until the server closes the connection (a FIN,
+    or a reset for what crossed it); the seconds that took, None if it did not within ``limit``."""
+    c.settimeout(every)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        try:
+            c.sendall(data)
+            if c.recv(4096) == b"":
+                return time.monotonic() - t0
+        except socket.timeout:
+            pass
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - t0
+    return None
+
+
 def test_slowloris_dropped(serve):
     s = serve("--keepalive-timeout", "0.4")
     with s.connect() as c:
-        t0 = time.monotonic()
         c.sendall(b"GET / HTTP/1.1\r\n")
-        eof_at = None
-        for i in range(40):  # a header byte every 0.05 s would keep an idle clock alive
-            try:
-                c.sendall(b"X")
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            c.settimeout(0.05)
-            try:
-                if c.recv(4096) == b"":
-                    eof_at = time.monotonic() - t0
-                    break
-            except socket.timeout:
-                pass
-        assert eof_at is not None and eof_at < 1.4, eof_at
+        closed_after = trickle_until_closed(c, b"X", 0.05)  # a header byte every 0.05 s would keep an idle clock alive
+    assert closed_after is not None and closed_after < 1.4, closed_after
     assert s.status()["closes"].get("request_timeout") == 1
 
 
@@ -371,11 +376,6 @@ def test_out_of_fds_pauses_accept_logs_once_and_recovers(serve):
 # -- hostile use ------------------------------------------------------------------------------
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
-
-
 REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 SANITIZER = bool(os.environ.get("FASTKA_SANITIZER"))  # set by tools/sanitize
 OK = b"HTTP/1.1 200 OK"
@@ -463,22 +463,8 @@ def test_bytes_that_never_make_a_request_do_not_keep_a_connection(serve):
     with s.connect() as c:
         c.sendall(REQ)
         assert c.recv(4096).startswith(b"HTTP/1.1 200")
-        c.settimeout(0.1)
-        t0 = time.monotonic()
-        eof_at = None
-        while time.monotonic() - t0 < 4:
-            try:
-                c.sendall(b"\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                eof_at = time.monotonic() - t0
-                break
-            try:
-                if c.recv(4096) == b"":
-                    eof_at = time.monotonic() - t0
-                    break
-            except socket.timeout:
-                pass
-    assert eof_at is not None and eof_at < 1.2, eof_at
+        closed_after = trickle_until_closed(c, b"\r\n", 0.1)
+    assert closed_after is not None and closed_after < 1.2, closed_after
     assert s.status()["closes"].get("request_timeout") == 1
 
 
@@ -613,6 +599,8 @@ def test_crashed_worker_is_restarted(serve):
     rows = wait_status(s, lambda st: {r["pid"] for r in st["workers"]} == children(s.proc.pid))["workers"]
     victim = rows[0]["pid"]
     os.kill(victim, signal.SIGKILL)
+    while alive(victim):  # gone with its listening socket (a connection queued there is reset)
+        time.sleep(0.01)
     rows = wait_status(s, lambda st: st["workers"][0]["pid"] != victim and st["workers"][0]["restarts"]
                        and st["workers"][0]["pid"] in children(s.proc.pid))["workers"]
     assert rows[0]["pid"] != victim and rows[0]["restarts"] == 1 and rows[1]["restarts"] == 0, rows

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from conftest import FakeClock
-from pool_servers import connect_proxy, pool_test_server
+from pool_servers import connect_proxy, fill, pool_test_server
 
 import fastka
 from fastka import _jitter
@@ -139,16 +139,6 @@ def test_jitter_draws_a_limit_per_connection(on_backend, server):
     rule = CheckoutRule(max_age=100, jitter=0.5, source=random.Random(1).random)
     deadlines = {rule.age_deadline(0.0) for _ in range(20)}
     assert len(deadlines) == 20 and all(50 <= d <= 150 for d in deadlines)
-
-
-def fill(pm, url: str, n: int):
-    """``n`` idle connections in the pool for ``url``; their connection objects."""
-    responses = [pm.request("GET", url, preload_content=False) for _ in range(n)]
-    conns = [r.connection for r in responses]
-    for r in responses:
-        r.read()
-        r.release_conn()
-    return conns
 
 
 def test_dead_connections_one_find_dead_for_the_idle_set(on_backend, server, monkeypatch):
