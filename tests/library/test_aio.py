@@ -188,6 +188,7 @@ async def close_all(writers) -> None:
 # -- idle, limits and dead peers on real connections ------------------------------------
 
 
+@pytest.mark.slow
 def test_thousand_idle_connections_close_at_idle_timeout(combo):
     """Never before idle_timeout after the request was sent (the client's clock), and the
     p99 close within idle_timeout + 100 ms of the response (the server's clock: the
@@ -263,6 +264,7 @@ def test_pipelined_requests_are_flushed_before_the_fin(combo):
     assert run(combo.loop_kind, main) == RESPONSE * 3
 
 
+@pytest.mark.slow
 def test_client_sending_every_half_idle_timeout_is_never_closed(combo):
     idle = 0.3
 
@@ -444,6 +446,7 @@ def test_peer_close_is_reported_and_left_to_asyncio(combo):
     assert events == [Event.PEER_CLOSED]
 
 
+@pytest.mark.slow
 def test_fd_numbers_reused_after_reaping_serve_normally(combo):
     """Nothing is closed behind the loop: every transport closes its own socket
     (connection_lost without error), and new connections on the same fd numbers work."""

@@ -523,6 +523,7 @@ def test_closed_on_expiry_while_a_dup_lives(mgr_factory, listener):
                 s.close()
 
 
+@pytest.mark.slow
 def test_half_closed_with_unread_data_does_not_spin(mgr_factory, listener):
     """watch_readable=False: the peer sent data and FIN, nobody reads, and our side
     half-closes. Both directions are shut, so epoll reports a hang-up it cannot mute: the
