@@ -48,7 +48,7 @@ def run(loop_kind: str, main, timeout: float = 60.0):
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
     try:
         result = loop.run_until_complete(asyncio.wait_for(main(), timeout))
-        loop.run_until_complete(asyncio.sleep(0.05))  # let closing transports finish
+        loop.run_until_complete(asyncio.sleep(0.01))  # let closing transports finish (a few loop iterations)
     finally:
         for task in asyncio.all_tasks(loop):
             task.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import socket
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import netns  # noqa: E402
 
+import fastka  # noqa: E402
 from fastka import _backends  # noqa: E402
 
 BACKENDS = _backends.NAMES
@@ -58,6 +60,47 @@ def pair(listener):
     return client, server
 
 
+class FakeClock:
+    """A clock for ``_set_clock`` or a module's ``monotonic``: reads ``now`` (seconds), which
+    the test advances."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def on_backend(backend, monkeypatch):
+    """Code that calls ``fastka.<function>`` (the pools, the recipes) gets this backend's."""
+    loaded = backend.load()
+    for name in ("is_alive", "find_dead", "set_keepalive", "get_keepalive", "create_server"):
+        if hasattr(loaded, name):
+            monkeypatch.setattr(fastka, name, getattr(loaded, name))
+    return backend
+
+
+@pytest.fixture
+def cli_main(capsys, monkeypatch):
+    """``cli_main(*args)``: `fastka args` run in this process (an 80-column terminal, as in a
+    subprocess whose output is a pipe); returns (exit status, stdout, stderr)."""
+    from fastka import cli
+
+    monkeypatch.setenv("COLUMNS", "80")
+
+    def run(*args: str):
+        capsys.readouterr()
+        try:
+            status = cli.main(list(args))
+        except SystemExit as exc:  # argparse: --help, --version, a usage error
+            status = exc.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
 @pytest.fixture
 def mgr_factory(backend):
     """``make(*args, **kw)``: a KeepaliveManager of the test's backend, closed afterwards."""
@@ -93,6 +136,22 @@ def tcp_pair(listener):
 
 
 @pytest.fixture
+def make_pairs(listener):
+    """``make_pairs(n)``: n connected loopback (client, server) pairs, all closed afterwards."""
+    made = []
+
+    def make(n: int) -> list:
+        new = [pair(listener) for _ in range(n)]
+        made.extend(new)
+        return new
+
+    yield make
+    for client, server in made:
+        client.close()
+        server.close()
+
+
+@pytest.fixture
 def dead_peer_link():
     """A DeadPeerLink (see tests/netns.py); skips with the reason where namespaces are missing."""
     reason = netns.skip_reason()
@@ -100,6 +159,12 @@ def dead_peer_link():
         pytest.skip(reason)
     with netns.DeadPeerLink() as link:
         yield link
+
+
+def rss_kib(pid: "int | str" = "self") -> int:
+    """The resident set size of process ``pid`` (this one by default), KiB (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
 
 def _open_fds():

@@ -23,6 +23,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import fastka
+from pool_servers import serving
 from repo import ROOT
 
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
@@ -66,16 +67,6 @@ def load_recipe(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def on_backend(backend, monkeypatch):
-    """The recipes call ``fastka.<function>``: point those names at this backend's."""
-    loaded = backend.load()
-    for name in ("set_keepalive", "find_dead", "create_server"):
-        if hasattr(loaded, name):
-            monkeypatch.setattr(fastka, name, getattr(loaded, name))
-    return backend
 
 
 # -- a keep-alive HTTP/1.1 server for the clients ---------------------------------------
@@ -122,15 +113,8 @@ class HTTPServer(http.server.ThreadingHTTPServer):
 @contextlib.contextmanager
 def http_server() -> Iterator[HTTPServer]:
     srv = HTTPServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(srv, srv.release.set):
         yield srv
-    finally:
-        srv.release.set()
-        srv.shutdown()
-        thread.join(10)
-        srv.server_close()
 
 
 # -- a real redis-server ----------------------------------------------------------------

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import urllib.parse
-from typing import Iterator, Optional, Set
+from typing import Callable, Iterator, Optional, Set
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -119,17 +119,36 @@ def tls_context() -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
-def pool_test_server(tls: bool = False, listener: Optional[socket.socket] = None) -> Iterator[PoolTestServer]:
-    srv = PoolTestServer(tls_context() if tls else None, listener)
+def serving(srv: socketserver.BaseServer, stop: Callable[[], None] = lambda: None) -> Iterator[socketserver.BaseServer]:
+    """``srv.serve_forever()`` in a thread for the block; on the way out ``stop()`` (what
+    releases the handlers), then shutdown, join and close."""
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
         yield srv
     finally:
-        srv.drop_all()
+        stop()
         srv.shutdown()
         thread.join(10)
         srv.server_close()
+
+
+@contextlib.contextmanager
+def pool_test_server(tls: bool = False, listener: Optional[socket.socket] = None) -> Iterator[PoolTestServer]:
+    srv = PoolTestServer(tls_context() if tls else None, listener)
+    with serving(srv, srv.drop_all):
+        yield srv
+
+
+def fill(pm, url: str, n: int) -> list:
+    """``n`` idle connections in urllib3 PoolManager ``pm``'s pool for ``url``; their
+    connection objects."""
+    responses = [pm.request("GET", url, preload_content=False) for _ in range(n)]
+    conns = [r.connection for r in responses]
+    for r in responses:
+        r.read()
+        r.release_conn()
+    return conns
 
 
 class _Tunnel(socketserver.BaseRequestHandler):
@@ -185,11 +204,5 @@ class ConnectProxy(socketserver.ThreadingTCPServer):
 @contextlib.contextmanager
 def connect_proxy() -> Iterator[ConnectProxy]:
     proxy = ConnectProxy()
-    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(proxy):
         yield proxy
-    finally:
-        proxy.shutdown()
-        thread.join(10)
-        proxy.server_close()

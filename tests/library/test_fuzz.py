@@ -10,7 +10,9 @@ type, errno and message.
 Closed fds: the number used is 512 above every fd open when the test starts; the kernel
 hands out the lowest free number, so nothing can reuse it during the call.
 
-FASTKA_FUZZ_EXAMPLES sets the examples per test (default 300; tools/valgrind uses fewer).
+FASTKA_FUZZ_EXAMPLES sets the examples per test (default 100, sized for the default run;
+tests/system/test_fuzz_deep.py runs this module and the manager's differential test with
+1,000; tools/valgrind uses fewer).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from conftest import Backend
 
 import fastka
 
-EXAMPLES = int(os.environ.get("FASTKA_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("FASTKA_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

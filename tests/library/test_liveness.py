@@ -80,46 +80,28 @@ def test_after_reset(backend, tcp_pair):
     assert client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 104  # ECONNRESET
 
 
-def test_find_dead_keeps_order_duplicates_and_objects(backend, listener):
-    pairs = []
-    try:
-        for _ in range(6):
-            c = socket.create_connection(listener.getsockname())
-            s, _ = listener.accept()
-            pairs.append((c, s))
-        for _, s in pairs[1::2]:
-            s.close()
-        for c, _ in pairs[1::2]:
-            settle(c)
-        clients = [c for c, _ in pairs]
-        dead = backend.find_dead(iter(clients + [clients[1].fileno(), clients[0], clients[1]]))
-        assert dead == [clients[1], clients[3], clients[5], clients[1].fileno(), clients[1]]
-        assert all(d is e for d, e in zip(dead, [clients[1], clients[3], clients[5]]))
-        assert backend.find_dead([]) == []
-        assert backend.find_dead(()) == []
-    finally:
-        for c, s in pairs:
-            c.close()
-            s.close()
+def test_find_dead_keeps_order_duplicates_and_objects(backend, make_pairs):
+    pairs = make_pairs(6)
+    for _, s in pairs[1::2]:
+        s.close()
+    for c, _ in pairs[1::2]:
+        settle(c)
+    clients = [c for c, _ in pairs]
+    dead = backend.find_dead(iter(clients + [clients[1].fileno(), clients[0], clients[1]]))
+    assert dead == [clients[1], clients[3], clients[5], clients[1].fileno(), clients[1]]
+    assert all(d is e for d, e in zip(dead, [clients[1], clients[3], clients[5]]))
+    assert backend.find_dead([]) == []
+    assert backend.find_dead(()) == []
 
 
-def test_find_dead_over_more_fds_than_one_poll_chunk(backend, listener):
-    pairs = []
-    try:
-        for _ in range(600):  # the C core polls in chunks of 512
-            c = socket.create_connection(listener.getsockname())
-            s, _ = listener.accept()
-            pairs.append((c, s))
-        for i in (3, 511, 512, 599):
-            pairs[i][1].close()
-        for i in (3, 511, 512, 599):
-            settle(pairs[i][0])
-        clients = [c for c, _ in pairs]
-        assert backend.find_dead(clients) == [clients[i] for i in (3, 511, 512, 599)]
-    finally:
-        for c, s in pairs:
-            c.close()
-            s.close()
+def test_find_dead_over_more_fds_than_one_poll_chunk(backend, make_pairs):
+    pairs = make_pairs(600)  # the C core polls in chunks of 512
+    for i in (3, 511, 512, 599):
+        pairs[i][1].close()
+    for i in (3, 511, 512, 599):
+        settle(pairs[i][0])
+    clients = [c for c, _ in pairs]
+    assert backend.find_dead(clients) == [clients[i] for i in (3, 511, 512, 599)]
 
 
 def test_unconnected_socket_is_dead_and_listener_alive(backend, listener):
@@ -187,59 +169,50 @@ def test_tcp_info_elsewhere_names_the_platform(backend, monkeypatch, tcp_pair):
 # -- find_dead(socks, *, key=None): pools, closed members, concurrent mutation ---------
 
 
-def test_find_dead_works_on_a_snapshot_while_another_thread_mutates_the_list(backend, listener):
+def test_find_dead_works_on_a_snapshot_while_another_thread_mutates_the_list(backend, make_pairs):
     """Another thread inserting at the front of the caller's list (or
     popping from it) while find_dead runs must never make a live member come back as dead,
     nor raise IndexError: find_dead reports members of the list as it was when called."""
     import threading
 
-    pairs = []
+    pairs = make_pairs(400)
+    dead_pairs = pairs[::40]
+    for _, s in dead_pairs:
+        s.close()
+    for c, _ in dead_pairs:
+        settle(c)
+    dead = {id(c) for c, _ in dead_pairs}
+    live_extra = [c for c, _ in pairs if id(c) not in dead][:20]
+    members = [c for c, _ in pairs]
+    stop = threading.Event()
+    errors = []
+
+    def mutate():
+        k = 0
+        while not stop.is_set():
+            members.insert(0, live_extra[k % len(live_extra)])  # shifts every index by one
+            members.pop(0)
+            if k % 7 == 0:
+                members.append(live_extra[0])
+                members.pop()
+            k += 1
+
+    t = threading.Thread(target=mutate)
+    t.start()
     try:
-        for _ in range(400):
-            c = socket.create_connection(listener.getsockname())
-            s, _ = listener.accept()
-            pairs.append((c, s))
-        dead_pairs = pairs[::40]
-        for _, s in dead_pairs:
-            s.close()
-        for c, _ in dead_pairs:
-            settle(c)
-        dead = {id(c) for c, _ in dead_pairs}
-        live_extra = [c for c, _ in pairs if id(c) not in dead][:20]
-        members = [c for c, _ in pairs]
-        stop = threading.Event()
-        errors = []
-
-        def mutate():
-            k = 0
-            while not stop.is_set():
-                members.insert(0, live_extra[k % len(live_extra)])  # shifts every index by one
-                members.pop(0)
-                if k % 7 == 0:
-                    members.append(live_extra[0])
-                    members.pop()
-                k += 1
-
-        t = threading.Thread(target=mutate)
-        t.start()
-        try:
-            for _ in range(300):
-                try:
-                    got = backend.find_dead(members)
-                except Exception as exc:  # IndexError before the fix
-                    errors.append(exc)
-                    continue
-                wrong = [m for m in got if id(m) not in dead]
-                if wrong:
-                    errors.append(f"{len(wrong)} live members reported dead")
-        finally:
-            stop.set()
-            t.join()
-        assert errors == []
+        for _ in range(300):
+            try:
+                got = backend.find_dead(members)
+            except Exception as exc:  # IndexError before the fix
+                errors.append(exc)
+                continue
+            wrong = [m for m in got if id(m) not in dead]
+            if wrong:
+                errors.append(f"{len(wrong)} live members reported dead")
     finally:
-        for c, s in pairs:
-            c.close()
-            s.close()
+        stop.set()
+        t.join()
+    assert errors == []
 
 
 class Conn:
@@ -249,31 +222,22 @@ class Conn:
         self.sock = sock
 
 
-def test_find_dead_with_key_none_and_closed_members(backend, listener):
-    pairs = []
-    try:
-        for _ in range(3):
-            c = socket.create_connection(listener.getsockname())
-            s, _ = listener.accept()
-            pairs.append((c, s))
-        pairs[1][1].close()
-        settle(pairs[1][0])
-        closed = socket.socket()
-        closed.close()
-        conns = [Conn(pairs[0][0]), Conn(None), Conn(pairs[1][0]), Conn(closed), Conn(pairs[2][0])]
-        assert backend.find_dead(conns, key=lambda c: c.sock) == [conns[1], conns[2], conns[3]]
-        assert backend.find_dead([pairs[0][0], None, closed]) == [None, closed]
-        assert backend.find_dead((c for c in conns), key=lambda c: c.sock) == [conns[1], conns[2], conns[3]]
-        with pytest.raises(TypeError, match=r"key\(socks\[1\]\) must be a socket"):
-            backend.find_dead([conns[0], "x"], key=lambda c: getattr(c, "sock", c))
-        with pytest.raises(TypeError, match="key must be a callable or None, not int"):
-            backend.find_dead(conns, key=5)
-        with pytest.raises(ValueError, match=r"socks\[0\] is a negative fd \(-1\)"):
-            backend.find_dead([-1])  # an int is an fd, not a closed socket
-    finally:
-        for c, s in pairs:
-            c.close()
-            s.close()
+def test_find_dead_with_key_none_and_closed_members(backend, make_pairs):
+    pairs = make_pairs(3)
+    pairs[1][1].close()
+    settle(pairs[1][0])
+    closed = socket.socket()
+    closed.close()
+    conns = [Conn(pairs[0][0]), Conn(None), Conn(pairs[1][0]), Conn(closed), Conn(pairs[2][0])]
+    assert backend.find_dead(conns, key=lambda c: c.sock) == [conns[1], conns[2], conns[3]]
+    assert backend.find_dead([pairs[0][0], None, closed]) == [None, closed]
+    assert backend.find_dead((c for c in conns), key=lambda c: c.sock) == [conns[1], conns[2], conns[3]]
+    with pytest.raises(TypeError, match=r"key\(socks\[1\]\) must be a socket"):
+        backend.find_dead([conns[0], "x"], key=lambda c: getattr(c, "sock", c))
+    with pytest.raises(TypeError, match="key must be a callable or None, not int"):
+        backend.find_dead(conns, key=5)
+    with pytest.raises(ValueError, match=r"socks\[0\] is a negative fd \(-1\)"):
+        backend.find_dead([-1])  # an int is an fd, not a closed socket
 
 
 # -- find_dead over a large pool: every kind of member, errors named only when raised ----
@@ -313,21 +277,13 @@ class NoFormat(str):
 
 
 @pytest.fixture
-def pool_of_200(listener):
+def pool_of_200(make_pairs):
     """200 loopback (client, server) pairs; the servers of clients 7, 100 and 199 closed."""
-    pairs = []
-    try:
-        for _ in range(200):
-            c = socket.create_connection(listener.getsockname())
-            pairs.append((c, listener.accept()[0]))
-        for i in (7, 100, 199):
-            pairs[i][1].close()
-            settle(pairs[i][0])
-        yield [c for c, _ in pairs]
-    finally:
-        for c, s in pairs:
-            c.close()
-            s.close()
+    pairs = make_pairs(200)
+    for i in (7, 100, 199):
+        pairs[i][1].close()
+        settle(pairs[i][0])
+    yield [c for c, _ in pairs]
 
 
 def test_find_dead_over_every_kind_of_member(backend, pool_of_200):

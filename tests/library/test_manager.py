@@ -201,22 +201,34 @@ def test_poll_none_wakes_on_expiry(mgr_factory, listener):
         s.close()
 
 
+def blocked_poll(m, wake) -> list:
+    """What m.poll(None) in another thread returns once ``wake()`` (called while that poll
+    waits; then a second poll is refused) has given it something to report."""
+    result = []
+    th = threading.Thread(target=lambda: result.append(m.poll(None)))
+    th.start()
+    time.sleep(0.1)  # the poll is in epoll_wait now
+    try:
+        with pytest.raises(RuntimeError, match="already running"):
+            m.poll(0)
+        wake()
+    finally:
+        th.join(5)
+    assert not th.is_alive()
+    return result
+
+
 def test_poll_none_woken_by_add_from_other_thread(mgr_factory, listener):
     m = mgr_factory(0.2)
     c, s = pair(listener)
-    result = []
-    th = threading.Thread(target=lambda: result.append(m.poll(None)))
-    try:
-        th.start()
-        time.sleep(0.1)
-        with pytest.raises(RuntimeError, match="already running"):
-            m.poll(0)
+
+    def close_refused_then_add():
         with pytest.raises(RuntimeError):
             m.close()
         m.add(s)
-        th.join(5)
-        assert not th.is_alive()
-        assert result == [[(s, Event.IDLE)]]
+
+    try:
+        assert blocked_poll(m, close_refused_then_add) == [[(s, Event.IDLE)]]
     finally:
         c.close()
         s.close()
@@ -388,16 +400,9 @@ def test_timed_out_dead_peer(mgr_factory, dead_peer_link):
 def test_touch_reaching_limit_wakes_blocked_poll(mgr_factory, listener):
     m = mgr_factory(None, max_requests=1)
     c, s = pair(listener)
-    result = []
     try:
         m.add(s)
-        th = threading.Thread(target=lambda: result.append(m.poll(None)))
-        th.start()
-        time.sleep(0.1)
-        m.touch(s)
-        th.join(5)
-        assert not th.is_alive()
-        assert result == [[(s, Event.MAX_REQUESTS)]]
+        assert blocked_poll(m, lambda: m.touch(s)) == [[(s, Event.MAX_REQUESTS)]]
     finally:
         c.close()
         s.close()

@@ -2,30 +2,27 @@
 same random sequence of operations on real loopback connections, report the same events."""
 from __future__ import annotations
 
+import os
 import random
+import select
 import socket
 import struct
-import time
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from conftest import FakeClock
 from fastka import _manager_py
 
 _manager_c = pytest.importorskip("fastka._manager_c", reason="the compiled manager is not built")
 
 SLOTS = 4
+# poll() events that show the server end received what the peer sent: a byte, a FIN, a reset
+SEEN = {"send": select.POLLIN, "fin": select.POLLRDHUP, "send_fin": select.POLLRDHUP,
+        "rst": select.POLLERR | select.POLLHUP}
 SEED = 20  # the jitter source of both twins: the same draws in the same add order
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 5000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Twin:
@@ -63,7 +60,7 @@ class NoClose:
 class ManagerDiff(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.clock = Clock()
+        self.clock = FakeClock(5000.0)
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         kw = dict(idle_timeout=10, max_requests=3, max_lifetime=25, jitter=0.4)  # limits of 2..4, 15..35
         self.twins = [Twin(cls, self.listener, self.clock, _random=random.Random(SEED).random, **kw)
@@ -92,14 +89,14 @@ class ManagerDiff(RuleBasedStateMachine):
             t.mgr.add(t.pairs[i][1])
         self.added.add(i)
 
-    @precondition(lambda self: self.added)
-    @rule(data=st.data())
-    def touch(self, data):
+    def same_lookup(self, data, method):
+        """``method`` (touch, remove) on a drawn slot's socket in both twins: the same
+        success, or the same KeyError or ValueError; any other exception fails."""
         i = data.draw(st.sampled_from(sorted(self.added)))
         res = []
         for t in self.twins:
             try:
-                t.mgr.touch(t.pairs[i][1])
+                getattr(t.mgr, method)(t.pairs[i][1])
                 res.append("ok")
             except (KeyError, ValueError) as exc:
                 res.append(type(exc).__name__)
@@ -107,16 +104,13 @@ class ManagerDiff(RuleBasedStateMachine):
 
     @precondition(lambda self: self.added)
     @rule(data=st.data())
+    def touch(self, data):
+        self.same_lookup(data, "touch")
+
+    @precondition(lambda self: self.added)
+    @rule(data=st.data())
     def remove(self, data):
-        i = data.draw(st.sampled_from(sorted(self.added)))
-        res = []
-        for t in self.twins:
-            try:
-                t.mgr.remove(t.pairs[i][1])
-                res.append("ok")
-            except (KeyError, ValueError) as exc:
-                res.append(type(exc).__name__)
-        assert res[0] == res[1]
+        self.same_lookup(data, "remove")
 
     def same_outcome(self, fn):
         """Run fn(twin) on both; the result or the exception type must agree."""
@@ -150,6 +144,8 @@ class ManagerDiff(RuleBasedStateMachine):
     @rule(data=st.data(), how=st.sampled_from(["fin", "rst", "send", "send_fin"]))
     def peer(self, data, how):
         i = data.draw(st.sampled_from(sorted(self.added)))
+        arrived = select.poll()  # what the server end sees once loopback delivered
+        waiting = set()
         for t in self.twins:
             c = t.pairs[i][0]
             if c.fileno() < 0:
@@ -163,10 +159,19 @@ class ManagerDiff(RuleBasedStateMachine):
                 try:
                     c.send(b"x")
                 except OSError:
-                    pass
+                    continue
                 if how == "send_fin":
                     c.close()
-        time.sleep(0.01)  # let loopback deliver to both
+            s = t.pairs[i][1]
+            if s.fileno() >= 0:
+                waiting.add(s.fileno())
+                arrived.register(s, SEEN[how])
+        while waiting:  # the twins' ends, each until its own arrival
+            ready = {fd for fd, _ in arrived.poll(5000)}
+            assert ready, f"loopback delivered no {how} within 5 s"
+            for fd in ready & waiting:
+                arrived.unregister(fd)
+            waiting -= ready
 
     @precondition(lambda self: self.added)
     @rule(data=st.data())
@@ -183,7 +188,7 @@ class ManagerDiff(RuleBasedStateMachine):
 
     @rule(dt=st.sampled_from([0.001, 1, 5, 9.999, 10, 15, 30]))
     def advance(self, dt):
-        self.clock.t += dt
+        self.clock.now += dt
 
     @rule()
     def poll(self):
@@ -203,5 +208,7 @@ class ManagerDiff(RuleBasedStateMachine):
 
 
 TestManagerDiff = ManagerDiff.TestCase
-TestManagerDiff.settings = settings(max_examples=80, stateful_step_count=25, deadline=None,
+# FASTKA_FUZZ_EXAMPLES: as in test_fuzz.py (tests/system/test_fuzz_deep.py runs 1,000)
+TestManagerDiff.settings = settings(max_examples=int(os.environ.get("FASTKA_FUZZ_EXAMPLES", "80")),
+                                    stateful_step_count=25, deadline=None,
                                     suppress_health_check=list(HealthCheck))

@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import resource
+import select
 import selectors
 import socket
 import struct
@@ -110,8 +111,8 @@ def test_unwatched_draining_beyond_64_all_reported(mgr_factory, listener):
             m.add(s)
             c.sendall(b"data")
             c.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:  # the FINs are seen, the connections drain-wait
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # the FINs are seen, the connections drain-wait (re-checked every 100 ms)
             assert m.poll(0.05) == []
         pairs.sort(key=lambda p: p[1].fileno())
         for c, s in pairs[64:]:  # the owner reads the highest fds' data: only their FIN is left
@@ -221,7 +222,8 @@ def _closer_racing_adder(backend, rounds):
             m2 = backend.KeepaliveManager(None, close=False)
             t.join(5)
             c.send(b"x")
-            if m2.poll(0.01):
+            select.select([s], [], [], 5)  # the byte has arrived: a socket in m2's set is ready now
+            if m2.poll(0):
                 stray += 1
             s.recv(10)
             m2.close()
@@ -521,6 +523,7 @@ def test_closed_on_expiry_while_a_dup_lives(mgr_factory, listener):
                 s.close()
 
 
+@pytest.mark.slow
 def test_half_closed_with_unread_data_does_not_spin(mgr_factory, listener):
     """watch_readable=False: the peer sent data and FIN, nobody reads, and our side
     half-closes. Both directions are shut, so epoll reports a hang-up it cannot mute: the
@@ -534,18 +537,18 @@ def test_half_closed_with_unread_data_does_not_spin(mgr_factory, listener):
         assert m.poll(0.2) == []  # the FIN is seen: the connection waits for its reader
         s.shutdown(socket.SHUT_WR)
         t0 = time.process_time()
-        assert m.poll(1.0) == []
-        assert time.process_time() - t0 < 0.3  # a spin costs ~1 s of CPU here
+        assert m.poll(0.5) == []
+        assert time.process_time() - t0 < 0.15  # a spin costs ~0.5 s of CPU here
         wakes = 0  # nested in a selector: the event-source fd stays quiet too
         with selectors.DefaultSelector() as sel:
             sel.register(m.fileno(), selectors.EVENT_READ)
             t0 = time.process_time()
-            end = time.monotonic() + 1.0
+            end = time.monotonic() + 0.5
             while time.monotonic() < end:
                 if sel.select(end - time.monotonic()):
                     wakes += 1
                     assert m.poll(0) == []
-        assert time.process_time() - t0 < 0.3 and wakes < 100
+        assert time.process_time() - t0 < 0.15 and wakes < 50
         assert s.recv(100) == b"unread"  # the reader comes: the FIN is reported
         assert m.poll(2.0) == [(s, Event.PEER_CLOSED)]
     finally:

@@ -54,28 +54,22 @@ def test_macos_mapping_uses_the_constants_python_lacks():
     ]
 
 
-def test_freebsd_mapping_has_no_user_timeout():
-    assert plan(FREEBSD, 60, 10, 5, -1) == [
+@pytest.mark.parametrize("table, numbers, name", [
+    (FREEBSD, (256, 512, 1024), "FreeBSD"),
+    (SUNOS, (0x22, 0x24, 0x23), "Solaris/illumos"),
+], ids=["freebsd", "solaris-illumos"])
+def test_mapping_without_user_timeout(table, numbers, name):
+    idle, intvl, cnt = numbers
+    assert plan(table, 60, 10, 5, -1) == [
         KEEPALIVE_ON,
-        ("TCP_KEEPIDLE", TCP, 256, 60),
-        ("TCP_KEEPINTVL", TCP, 512, 10),
-        ("TCP_KEEPCNT", TCP, 1024, 5),
+        ("TCP_KEEPIDLE", TCP, idle, 60),
+        ("TCP_KEEPINTVL", TCP, intvl, 10),
+        ("TCP_KEEPCNT", TCP, cnt, 5),
     ]
-    assert plan(FREEBSD, 60, 10, 5, 0) == plan(FREEBSD, 60, 10, 5, -1)  # 0 = default: nothing to do
+    assert plan(table, 60, 10, 5, 0) == plan(table, 60, 10, 5, -1)  # 0 = default: nothing to do
     with pytest.raises(OSError) as info:
-        plan(FREEBSD, 60, 10, 5, 3000)
-    assert info.value.errno == errno.ENOPROTOOPT and "user_timeout cannot be set on FreeBSD" in str(info.value)
-
-
-def test_solaris_illumos_mapping():
-    assert plan(SUNOS, 60, 10, 5, -1) == [
-        KEEPALIVE_ON,
-        ("TCP_KEEPIDLE", TCP, 0x22, 60),
-        ("TCP_KEEPINTVL", TCP, 0x24, 10),
-        ("TCP_KEEPCNT", TCP, 0x23, 5),
-    ]
-    with pytest.raises(OSError, match="Solaris/illumos"):
-        plan(SUNOS, 60, 10, 5, 3000)
+        plan(table, 60, 10, 5, 3000)
+    assert info.value.errno == errno.ENOPROTOOPT and f"user_timeout cannot be set on {name}" in str(info.value)
 
 
 def test_windows_per_option_mapping():

@@ -13,7 +13,8 @@ import socket
 import time
 
 import pytest
-from pool_servers import connect_proxy, pool_test_server
+from conftest import FakeClock
+from pool_servers import connect_proxy, fill, pool_test_server
 
 import fastka
 from fastka import _jitter
@@ -22,14 +23,6 @@ urllib3 = pytest.importorskip("urllib3", reason="urllib3 is not installed (pip i
 pools_urllib3 = pytest.importorskip("fastka.pools._urllib3")
 from fastka.pools import HTTPAdapter, PoolManager, ProxyManager  # noqa: E402
 from fastka.pools._rule import CheckoutRule  # noqa: E402
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Spy:
@@ -45,17 +38,8 @@ class Spy:
 
 
 @pytest.fixture
-def pools_on(backend, monkeypatch):
-    """fastka.is_alive / find_dead / set_keepalive of this backend, as the pools call them."""
-    loaded = backend.load()
-    for name in ("is_alive", "find_dead", "set_keepalive"):
-        monkeypatch.setattr(fastka, name, getattr(loaded, name))
-    return backend
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    c = Clock()
+def clock(monkeypatch) -> FakeClock:
+    c = FakeClock()
     monkeypatch.setattr(pools_urllib3, "monotonic", c)
     return c
 
@@ -82,7 +66,7 @@ def wait_for_fin(socks, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_reuses_a_pooled_connection(pools_on, server):
+def test_reuses_a_pooled_connection(on_backend, server):
     pm = PoolManager(idle_timeout=30)
     try:
         assert get(pm, server.url) == get(pm, server.url)
@@ -91,7 +75,7 @@ def test_reuses_a_pooled_connection(pools_on, server):
         pm.clear()
 
 
-def test_idle_timeout(pools_on, server, clock):
+def test_idle_timeout(on_backend, server, clock):
     pm = PoolManager(idle_timeout=5)
     try:
         first = get(pm, server.url)
@@ -104,7 +88,7 @@ def test_idle_timeout(pools_on, server, clock):
         pm.clear()
 
 
-def test_server_hint_minus_margin(pools_on, server, clock):
+def test_server_hint_minus_margin(on_backend, server, clock):
     pm = PoolManager(idle_timeout=30, margin=1.0)
     url = server.url + "?ka=5"
     try:
@@ -122,7 +106,7 @@ def test_server_hint_minus_margin(pools_on, server, clock):
         pm.clear()
 
 
-def test_hint_within_the_margin_is_never_reused(pools_on, server, clock):
+def test_hint_within_the_margin_is_never_reused(on_backend, server, clock):
     pm = PoolManager(margin=1.0)
     url = server.url + "?ka=1"
     try:
@@ -132,7 +116,7 @@ def test_hint_within_the_margin_is_never_reused(pools_on, server, clock):
         pm.clear()
 
 
-def test_max_age_spread_by_seeded_jitter(pools_on, server, clock):
+def test_max_age_spread_by_seeded_jitter(on_backend, server, clock):
     pm = PoolManager(max_age=10, jitter=0.3)
     pm.fastka_rule.source = random.Random(7).random
     spread = 10 * _jitter.factor(0.3, random.Random(7).random)
@@ -151,23 +135,13 @@ def test_max_age_spread_by_seeded_jitter(pools_on, server, clock):
         pm.clear()
 
 
-def test_jitter_draws_a_limit_per_connection(pools_on, server):
+def test_jitter_draws_a_limit_per_connection(on_backend, server):
     rule = CheckoutRule(None, None, 100, 0.5, 1.0, source=random.Random(1).random)
     deadlines = {rule.age_deadline(0.0) for _ in range(20)}
     assert len(deadlines) == 20 and all(50 <= d <= 150 for d in deadlines)
 
 
-def fill(pm, url: str, n: int):
-    """``n`` idle connections in the pool for ``url``; their connection objects."""
-    responses = [pm.request("GET", url, preload_content=False) for _ in range(n)]
-    conns = [r.connection for r in responses]
-    for r in responses:
-        r.read()
-        r.release_conn()
-    return conns
-
-
-def test_dead_connections_one_find_dead_for_the_idle_set(pools_on, server, monkeypatch):
+def test_dead_connections_one_find_dead_for_the_idle_set(on_backend, server, monkeypatch):
     pm = PoolManager(maxsize=4)
     try:
         conns = fill(pm, server.url, 3)
@@ -190,7 +164,7 @@ def test_dead_connections_one_find_dead_for_the_idle_set(pools_on, server, monke
         pm.clear()
 
 
-def test_keepalive_on_every_new_socket_next_to_urllib3s_options(pools_on, server):
+def test_keepalive_on_every_new_socket_next_to_urllib3s_options(on_backend, server):
     cfg = fastka.KeepaliveConfig(idle=7, interval=3, count=4, user_timeout=9)
     pm = PoolManager(keepalive=cfg)
     try:
@@ -203,7 +177,7 @@ def test_keepalive_on_every_new_socket_next_to_urllib3s_options(pools_on, server
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
-def test_https(pools_on, clock):
+def test_https(on_backend, clock):
     with pool_test_server(tls=True) as srv:
         pm = PoolManager(cert_reqs="CERT_NONE", idle_timeout=30)
         url = srv.url + "?ka=5"
@@ -226,7 +200,7 @@ def test_https(pools_on, clock):
             pm.clear()
 
 
-def test_proxy_manager(pools_on, server, clock):
+def test_proxy_manager(on_backend, server, clock):
     # The test server answers absolute-form requests itself, as a forwarding proxy would.
     pm = ProxyManager(server.url, idle_timeout=5)
     try:
@@ -242,7 +216,7 @@ def test_proxy_manager(pools_on, server, clock):
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
-def test_proxy_manager_https_tunnel(pools_on, clock):
+def test_proxy_manager_https_tunnel(on_backend, clock):
     with pool_test_server(tls=True) as srv, connect_proxy() as proxy:
         pm = ProxyManager(proxy.url, cert_reqs="CERT_NONE", idle_timeout=5)
         url = srv.url + "?ka=30"
@@ -261,7 +235,7 @@ def test_proxy_manager_https_tunnel(pools_on, clock):
             pm.clear()
 
 
-def test_requests_adapter(pools_on, server, clock):
+def test_requests_adapter(on_backend, server, clock):
     requests = pytest.importorskip("requests")
     cfg = fastka.KeepaliveConfig(idle=11, interval=2, count=3)
     with requests.Session() as session:
@@ -298,7 +272,7 @@ def test_requests_adapter_pickles_with_its_rule():
         adapter.close()
 
 
-def test_requests_adapter_proxy(pools_on, server):
+def test_requests_adapter_proxy(on_backend, server):
     requests = pytest.importorskip("requests")
     adapter = HTTPAdapter(idle_timeout=5)
     manager = adapter.proxy_manager_for(server.url)

@@ -14,6 +14,7 @@ import random
 import time
 
 import pytest
+from conftest import FakeClock
 from pool_servers import pool_test_server
 
 import fastka
@@ -26,25 +27,9 @@ pools_aiohttp = pytest.importorskip("fastka.pools._aiohttp")
 from fastka.pools import TCPConnector  # noqa: E402
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def pools_on(backend, monkeypatch):
-    loaded = backend.load()
-    for name in ("is_alive", "find_dead", "set_keepalive"):
-        monkeypatch.setattr(fastka, name, getattr(loaded, name))
-    return backend
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    c = Clock()
+def clock(monkeypatch) -> FakeClock:
+    c = FakeClock()
     monkeypatch.setattr(pools_aiohttp, "monotonic", c)
     monkeypatch.setattr(aiohttp.connector, "monotonic", c)
     return c
@@ -74,7 +59,7 @@ def run(scenario, **connector_kwargs):
     return asyncio.run(main())
 
 
-def test_server_hint_minus_margin(pools_on, server, clock):
+def test_server_hint_minus_margin(on_backend, server, clock):
     url = server.url + "?ka=5"
 
     async def scenario(session, connector):
@@ -92,7 +77,7 @@ def test_server_hint_minus_margin(pools_on, server, clock):
     assert server.accepted == 2
 
 
-def test_max_age_spread_by_seeded_jitter(pools_on, server, clock):
+def test_max_age_spread_by_seeded_jitter(on_backend, server, clock):
     spread = 10 * _jitter.factor(0.3, random.Random(5).random)
 
     async def scenario(session, connector):
@@ -108,7 +93,7 @@ def test_max_age_spread_by_seeded_jitter(pools_on, server, clock):
     assert server.accepted == 2
 
 
-def test_dead_connections_one_find_dead_for_the_idle_set(pools_on, server, monkeypatch):
+def test_dead_connections_one_find_dead_for_the_idle_set(on_backend, server, monkeypatch):
     calls = {"is_alive": 0, "find_dead": []}
     is_alive, find_dead = fastka.is_alive, fastka.find_dead
 
@@ -139,7 +124,7 @@ def test_dead_connections_one_find_dead_for_the_idle_set(pools_on, server, monke
     run(scenario)
 
 
-def test_keepalive_on_every_new_socket(pools_on, server):
+def test_keepalive_on_every_new_socket(on_backend, server):
     cfg = fastka.KeepaliveConfig(idle=13, interval=2, count=6)
 
     async def scenario(session, connector):

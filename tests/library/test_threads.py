@@ -257,6 +257,7 @@ def test_set_keepalive_from_many_threads_on_shared_sockets(backend, listener):
         _close_all(pairs)
 
 
+@pytest.mark.slow
 def test_close_racing_add_touch_and_poll(backend, listener):
     """Threads add, touch, discard and poll while the main thread closes the manager and
     makes a new one, over and over: only the documented errors (ValueError on a closed

@@ -22,7 +22,6 @@ from integrations import (
     assert_configured,
     http_server,
     load_recipe,
-    on_backend,  # noqa: F401 (a fixture)
     read_options,
     redis_server,
     server_side_socket,

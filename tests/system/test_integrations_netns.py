@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List
 
 import netns
 import pytest
-from integrations import EXAMPLES, load_recipe, on_backend, redis_ping, redis_server  # noqa: F401 (on_backend: a fixture)
+from integrations import EXAMPLES, load_recipe, redis_ping, redis_server
 
 import fastka
 

@@ -16,6 +16,7 @@ if not sys.platform.startswith("linux"):
 
 import resource  # noqa: E402  (POSIX only: after the skip)
 
+from conftest import rss_kib  # noqa: E402
 from fastka import Event  # noqa: E402
 
 CLIENT = r"""
@@ -29,14 +30,6 @@ sys.stdin.read()  # hold the connections until the parent is done
 
 def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.slow
@@ -89,7 +82,7 @@ def test_no_leak_over_add_poll_remove_cycles(backend, tcp_pair):
 
         cycles(10_000)  # warm up caches and free lists
         gc.collect()
-        rss0 = _rss_kib()
+        rss0 = rss_kib()
         tracemalloc.start()
         snap0 = tracemalloc.take_snapshot()
         cycles(100_000)
@@ -99,6 +92,6 @@ def test_no_leak_over_add_poll_remove_cycles(backend, tcp_pair):
         grown = sum(d.size_diff for d in snap1.compare_to(snap0, "filename"))
         assert grown < 64 * 1024, f"Python heap grew by {grown} bytes over 100,000 cycles"
         if not os.environ.get("FASTKA_SANITIZER"):  # ASan holds freed memory in quarantine
-            assert _rss_kib() - rss0 < 2048, "RSS grew by more than 2 MiB over 100,000 cycles"
+            assert rss_kib() - rss0 < 2048, "RSS grew by more than 2 MiB over 100,000 cycles"
     finally:
         mgr.close()

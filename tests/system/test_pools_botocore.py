@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import FakeClock
 from integrations import EXAMPLES, load_recipe
 from pool_servers import pool_test_server
 
@@ -24,21 +25,6 @@ LIST_BUCKETS = (
 )
 
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def on_backend(backend, monkeypatch):
-    loaded = backend.load()
-    for name in ("is_alive", "find_dead", "get_keepalive"):
-        monkeypatch.setattr(fastka, name, getattr(loaded, name))
-    return backend
-
-
 def s3(url: str):
     return boto3.client(
         "s3", endpoint_url=url, region_name="us-east-1",
@@ -49,7 +35,7 @@ def s3(url: str):
 @pytest.mark.parametrize("recipe_on", [True, False], ids=["fastka", "plain"])
 def test_boto3_client_on_fastka_pools(on_backend, monkeypatch, recipe_on):
     recipe = load_recipe("botocore_recipe")
-    clock = Clock()
+    clock = FakeClock()
     monkeypatch.setattr(pools_urllib3, "monotonic", clock)
     cfg = fastka.KeepaliveConfig(idle=19, interval=3, count=2)
     with pool_test_server() as srv:

@@ -11,7 +11,7 @@ import time
 
 import netns
 import pytest
-from pool_servers import pool_test_server
+from pool_servers import fill, pool_test_server
 from test_integrations_netns import SILENCE, inside
 
 import fastka
@@ -21,23 +21,6 @@ from fastka.pools import PoolManager  # noqa: E402
 
 IDLE = 2  # idle connections in each pool
 CFG = fastka.KeepaliveConfig.within(4, count=2)  # probes from 2 s, every 1 s: detection_time 4 s
-
-
-@pytest.fixture
-def on_backend(backend, monkeypatch):
-    loaded = backend.load()
-    for name in ("is_alive", "find_dead"):
-        monkeypatch.setattr(fastka, name, getattr(loaded, name))
-    return backend
-
-
-def fill(pm, url: str, n: int):
-    responses = [pm.request("GET", url, preload_content=False) for _ in range(n)]
-    conns = [r.connection for r in responses]
-    for r in responses:
-        r.read()
-        r.release_conn()
-    return conns
 
 
 @pytest.mark.netns

@@ -31,14 +31,6 @@ def pg():
         yield server
 
 
-@pytest.fixture
-def on_backend(backend, monkeypatch):
-    loaded = backend.load()
-    for name in ("is_alive", "find_dead", "set_keepalive", "get_keepalive"):
-        monkeypatch.setattr(fastka, name, getattr(loaded, name))
-    return backend
-
-
 def assert_keepalive(fd, cfg=CFG) -> None:
     state = fastka.get_keepalive(fd)
     assert (state.enabled, state.idle, state.interval, state.count, state.user_timeout) == (
