@@ -120,11 +120,12 @@ def test_plot_format_checked_before_the_run(tmp_path):
 
 @pytest.mark.parametrize("flag,value", [("--duration", "nan"), ("--duration", "inf"), ("--report-every", "nan"),
                                         ("--rss-tolerance", "nan"), ("--concurrency", "0")])
-def test_soak_refuses_bad_numbers(capsys, flag, value):
+def test_soak_refuses_bad_numbers(capsys, monkeypatch, flag, value):
     """benchmarks/soak.py: nan would run forever or turn a check off."""
     path = os.path.join(ROOT, "benchmarks", "soak.py")
     if not os.path.exists(path):
         pytest.skip("benchmarks/ is not beside the tests (installed-wheel run)")
+    monkeypatch.syspath_prepend(os.path.dirname(path))  # as when run as a script: its sibling modules
     spec = importlib.util.spec_from_file_location("soak", path)
     soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(soak)
