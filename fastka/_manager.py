@@ -22,13 +22,12 @@ from typing import Any, Callable, NamedTuple, Optional, cast
 from . import _jitter
 from ._config import KeepaliveConfig, Seconds
 from ._fd import borrow_socket
-from ._types import Event
+from ._types import GRACEFUL, Event
 
 MAX_TIMEOUT = 1e9  # seconds (~31.7 years): the largest idle_timeout / max_lifetime
 MAX_REQUESTS = 2**29 - 1  # the largest max_requests (FK_MAX_REQUESTS: the C slot keeps a 29-bit count)
 MAX_WAIT_MS = 2**31 - 1  # the longest single poller wait; longer waits loop
 DRAIN_CHECK_MS = 100  # how often a half-closed, unread, unwatched connection is re-checked
-GRACEFUL = (Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME)  # closed with a FIN first
 
 
 def timeout_ms(name: str, value: object) -> Optional[int]:
@@ -117,6 +116,17 @@ class Settings(NamedTuple):
     keepalive: Optional[KeepaliveConfig]
     close: bool
     watch_readable: bool
+
+    def c_options(self) -> "tuple[int, ...]":
+        """The fields named in C_OPTIONS, in that order, as the C core takes them: None
+        as -1, a bool as 0 or 1."""
+        return tuple(-1 if value is None else int(value) for value in (getattr(self, name) for name in C_OPTIONS))
+
+
+C_OPTIONS = ("idle_ms", "watch_readable")
+"""The Settings the compiled manager's C core reads: setup.py reads this tuple (from the
+source) into tables.h's ``union fk_options``, where src/manager.c finds each by name
+(``m->opt.idle_ms``) and the binding fills them in this order."""
 
 
 def settings(

@@ -4,10 +4,10 @@
 
 #include <stddef.h>
 
-#include "events.h"
+#include "tables.h"
 
-/* The event for a socket error: ETIMEDOUT -> TIMED_OUT, ECONNRESET/EPIPE -> RESET,
- * anything else -> ERROR. */
+/* The event (enum fk_event) a pending socket error reports: the mapping of
+ * fastka/_liveness_py.py's error_event. */
 int fk_error_event(int err);
 
 /* The pending socket error (SO_ERROR, which reading clears), or the errno of the
