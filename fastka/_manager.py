@@ -17,7 +17,7 @@ import os
 import numbers
 import socket
 import sys
-from typing import Any, Callable, NamedTuple, Optional, cast
+from typing import Any, Callable, Concatenate, NamedTuple, Optional, ParamSpec, cast
 
 from . import _jitter
 from ._config import KeepaliveConfig, Seconds
@@ -160,6 +160,14 @@ def public_signature(sig: inspect.Signature) -> inspect.Signature:
 
 SIGNATURE = public_signature(inspect.signature(settings))
 """``KeepaliveManager.__signature__`` on both backends (what inspect.signature and help show)."""
+
+_P = ParamSpec("_P")
+
+
+def parameters_of(source: Callable[_P, Any]) -> Callable[[Callable[..., None]], Callable[Concatenate[Any, _P], None]]:
+    """A decorator giving an ``__init__(self, *args, **kwargs)`` the parameters of
+    ``source`` (``settings``) for type checkers; at run time it returns the method as it is."""
+    return lambda init: init
 
 DOC = """Track many keep-alive connections on one poller (epoll on Linux): idle timeouts,
 request and lifetime limits, and peer close / reset / keepalive-timeout detection.

@@ -260,6 +260,7 @@ class KeepaliveManager:
     __doc__ = common.DOC
     __signature__ = common.SIGNATURE
 
+    @common.parameters_of(common.settings)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Arguments as ``fastka._manager.settings`` takes them (see the class)."""
         if getattr(self, "_closed", True) is False:
