@@ -257,6 +257,14 @@ def reinit_error() -> RuntimeError:
     return RuntimeError("KeepaliveManager.__init__ called on a manager that is already open; make a new one")
 
 
+def busy_error(call: str) -> RuntimeError:
+    """``call`` ("poll" or "close") while another thread is inside poll(): one poll() at a
+    time, and the manager's state stays until it returns."""
+    if call == "poll":
+        return RuntimeError("KeepaliveManager.poll() is already running in another thread")
+    return RuntimeError("cannot close a KeepaliveManager while another thread is inside poll()")
+
+
 def close_dropped(obj: Any, fd: int, event: Event) -> None:
     """Close what the manager drops: FIN first for idle/limits, at once for dead. An object
     with close() is closed through it (so it cannot later close a reused fd number). An

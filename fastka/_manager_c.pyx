@@ -278,7 +278,7 @@ cdef class KeepaliveManager:
         limit_ms = common.poll_timeout_ms(timeout)
         self._check_open()
         if self._polling:
-            raise RuntimeError("KeepaliveManager.poll() is already running in another thread")
+            raise common.busy_error("poll")
         self._polling = True
         try:
             return self._poll(limit_ms)
@@ -390,7 +390,7 @@ cdef class KeepaliveManager:
         if not self._open:
             return
         if self._polling:
-            raise RuntimeError("cannot close a KeepaliveManager while another thread is inside poll()")
+            raise common.busy_error("close")
         self._open = False
         fk_mgr_destroy(&self.m)
         self._objs = []

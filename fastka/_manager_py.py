@@ -559,7 +559,7 @@ class KeepaliveManager:
         with self._lock:
             self._check_open()
             if self._polling:
-                raise RuntimeError("KeepaliveManager.poll() is already running in another thread")
+                raise common.busy_error("poll")
             self._polling = True
         try:
             return self._poll(limit_ms)
@@ -709,7 +709,7 @@ class KeepaliveManager:
             if self._closed:
                 return
             if self._polling:
-                raise RuntimeError("cannot close a KeepaliveManager while another thread is inside poll()")
+                raise common.busy_error("close")
             self._closed = True
             self._alarm.close()
             self._conns.clear()
