@@ -1,12 +1,18 @@
 """Build the compiled backend: Cython bindings in fastka/ linked with the C core in src/;
 and, apart from it, the fast path of ``fastka serve`` (src/serve/).
 
+The C core's view of two Python tables is written at build time into tables.h (in the
+build's temporary directory): fastka.Event's codes (fastka/_types.py) and the manager
+options it reads (fastka/_manager.py's C_OPTIONS). Edit those, never a copy.
+
 Building is optional. Where there is no compiler (or the build fails for any other
 reason) the install still succeeds, with a one-line warning, and fastka runs on its
 pure-Python fallback. The serve fast path is an application's extension, not the
 library's: its failure leaves the library's extensions alone (and serve on its Python
 path), and the library's never depends on it.
 """
+import ast
+import glob
 import os
 import sys
 
@@ -37,6 +43,48 @@ else:
 APPLICATION_EXTENSIONS = {
     "fastka.cli.serve._fastpath": (["fastka/cli/serve/_fastpath.pyx", "src/serve/http_simple.c"], "src/serve"),
 }
+TABLE_SOURCES = ["fastka/_types.py", "fastka/_manager.py"]
+
+
+def _module(path):
+    with open(path, encoding="utf-8") as f:
+        return ast.parse(f.read(), path).body
+
+
+def c_tables():
+    """The text of tables.h, from the sources' own syntax (the package is not imported)."""
+    event = next(node for node in _module("fastka/_types.py") if isinstance(node, ast.ClassDef) and node.name == "Event")
+    events = [(stmt.targets[0].id, ast.literal_eval(stmt.value)) for stmt in event.body if isinstance(stmt, ast.Assign)]
+    options = next(ast.literal_eval(node.value) for node in _module("fastka/_manager.py")
+                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "C_OPTIONS")
+    return "\n".join([
+        "/* Written by setup.py from fastka/_types.py (Event) and fastka/_manager.py (C_OPTIONS). */",
+        "#ifndef FASTKA_TABLES_H",
+        "#define FASTKA_TABLES_H",
+        "#include <stdint.h>",
+        "enum fk_event {",
+        "    FK_EV_NONE = 0, /* nothing to report */",
+        *(f"    FK_EV_{name} = {code}," for name, code in events),
+        "};",
+        f"enum {{ FK_NOPTIONS = {len(options)} }};",
+        "union fk_options { /* by name in C, by position from the binding */",
+        "    struct {",
+        *(f"        int64_t {name};" for name in options),
+        "    };",
+        "    int64_t at[FK_NOPTIONS];",
+        "};",
+        "#endif",
+        "",
+    ])
+
+
+def write_tables(directory):
+    """Write tables.h into ``directory`` (unless it is there already, unchanged)."""
+    os.makedirs(directory, exist_ok=True)
+    path, text = os.path.join(directory, "tables.h"), c_tables()
+    if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 def extensions():
@@ -46,9 +94,10 @@ def extensions():
         Extension(
             name,
             sources,
-            include_dirs=["src"],
+            include_dirs=["src"],  # and tables.h's directory (optional_build_ext.run)
             define_macros=[("_GNU_SOURCE", None)],
             libraries=LIBRARIES,
+            depends=TABLE_SOURCES + glob.glob("src/*.h"),
         )
         for name, sources in EXTENSIONS.items()
     ]
@@ -90,6 +139,11 @@ class optional_build_ext(build_ext):
 
     def run(self):
         try:
+            generated = os.path.join(self.build_temp, "include")
+            write_tables(generated)
+            for ext in self.extensions:
+                if ext.name in EXTENSIONS:
+                    ext.include_dirs.append(generated)
             super().run()
         except Exception as exc:  # no compiler at all (DistutilsPlatformError and friends)
             self._give_up(exc)

@@ -4,12 +4,16 @@ The compiled backend (Cython over C) is used when it imports; otherwise the pure
 fallback. Set FASTKA_NO_EXTENSIONS to a non-empty value other than "0" to force the
 fallback. ``IMPLEMENTATION`` says which one this process uses.
 """
+from typing import TYPE_CHECKING, Literal, cast
+
 from . import _backends
 from ._config import KeepaliveConfig, system_defaults
 from ._types import Event, HasFileno, KeepaliveState, SocketLike, TcpInfo
 
+# Type checkers read this module as it is (no stub): the functions are the methods of
+# fastka/_keepalive.py's Keepalive, the manager is typed as fastka/_manager_py.py's.
 _backend = _backends.default()
-IMPLEMENTATION: str = _backend.name
+IMPLEMENTATION = cast(Literal["c", "python"], _backend.name)
 
 set_keepalive = _backend.set_keepalive
 update_keepalive = _backend.update_keepalive
@@ -20,7 +24,10 @@ tcp_info = _backend.tcp_info
 is_alive = _backend.is_alive
 find_dead = _backend.find_dead
 create_server = _backend.create_server
-KeepaliveManager = _backend.KeepaliveManager
+if TYPE_CHECKING:
+    from ._manager_py import KeepaliveManager
+else:
+    KeepaliveManager = _backend.KeepaliveManager
 
 del _backend
 

@@ -25,13 +25,16 @@ from __future__ import annotations
 import errno
 import functools
 import socket
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, overload
 
 from . import _platform
 from ._config import KeepaliveConfig, Seconds, ms_to_seconds, native, resolve, update_fields
 from ._errors import keepalive_error
 from ._fd import borrow_socket, fd_of
 from ._types import TCP_STATES, KeepaliveState, SocketLike, TcpInfo
+
+_S = TypeVar("_S", bound=Optional[SocketLike])  # find_dead's members: sockets (None is dead)
+_T = TypeVar("_T")  # find_dead's members with a key
 
 PUBLIC = (
     "set_keepalive",
@@ -310,6 +313,10 @@ class Keepalive:
             return False
         return True
 
+    @overload
+    def find_dead(self, socks: Iterable[_S], *, key: None = None) -> List[_S]: ...
+    @overload
+    def find_dead(self, socks: Iterable[_T], *, key: Callable[[_T], Optional[SocketLike]]) -> List[_T]: ...
     def find_dead(self, socks: Iterable[Any], *, key: Optional[Callable[[Any], Optional[SocketLike]]] = None) -> List[Any]:
         """The members of ``socks`` whose connection is dead as is_alive says, in their
         order, from one poll over all of them. ``key(member)`` gives the socket to check

@@ -16,8 +16,8 @@ cdef extern from "liveness.h" nogil:
 
     struct fk_tcp_info:
         unsigned state, retransmits, probes, backoff
-        unsigned rtt_us, rttvar_us
-        unsigned last_data_recv_ms, last_data_sent_ms, last_ack_recv_ms
+        unsigned rtt, rttvar  # microseconds
+        unsigned last_data_recv, last_data_sent, last_ack_recv  # milliseconds
         unsigned unacked, lost, total_retrans
 
     int fk_get_tcp_info(int fd, fk_tcp_info *info)

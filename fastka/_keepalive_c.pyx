@@ -8,11 +8,12 @@ Each function takes fds that are already validated (0..INT_MAX; ``fds`` and
 and reports kernel errors as errno numbers; it makes its system calls with the GIL
 released.
 """
+import array
 import os
 import socket
 
+from cpython cimport array
 from libc.stdlib cimport free, malloc
-
 
 from ._fd import _FD_MAX as FD_MAX, fd_of
 
@@ -60,32 +61,18 @@ cdef fk_sockopt *_options(list options, bint with_values) except NULL:
     return o
 
 
-cdef int *_fds(list fds) except NULL:
-    cdef Py_ssize_t i, n = len(fds)
-    cdef int *a = <int *>malloc((n if n else 1) * sizeof(int))
-    if a == NULL:
-        raise MemoryError()
-    try:
-        for i in range(n):
-            a[i] = fds[i]
-    except BaseException:
-        free(a)
-        raise
-    return a
-
-
 def apply(list fds, list options):
     """setsockopt every ``(level, name, value)`` of ``options`` on each of ``fds``, in
     order; an fd stops at its first failure, the others go on. Returns
     ``[(position in fds, errno, index of the failed option)]``, empty when all succeeded."""
     cdef Py_ssize_t i, n = len(fds)
     cdef size_t nopt = len(options)
+    cdef array.array fd_array = array.array("i", fds)
+    cdef int *a = fd_array.data.as_ints
     cdef fk_sockopt *o = _options(options, True)
-    cdef int *a = NULL
     cdef int *errs = NULL
     cdef size_t *failed = NULL
     try:
-        a = _fds(fds)
         errs = <int *>malloc((n if n else 1) * sizeof(int))
         failed = <size_t *>malloc((n if n else 1) * sizeof(size_t))
         if errs == NULL or failed == NULL:
@@ -96,7 +83,6 @@ def apply(list fds, list options):
         return [(i, errs[i], failed[i]) for i in range(n) if errs[i]]
     finally:
         free(o)
-        free(a)
         free(errs)
         free(failed)
 
@@ -139,7 +125,8 @@ def dead_states(list socks, label="socks[{}]"):
     cdef list numbers = fds(socks, label, True)
     cdef Py_ssize_t i, n = len(numbers)
     cdef long rc
-    cdef int *a = _fds(numbers)
+    cdef array.array fd_array = array.array("i", numbers)
+    cdef int *a = fd_array.data.as_ints
     cdef int *states = <int *>malloc((n if n else 1) * sizeof(int))
     try:
         if states == NULL:
@@ -150,7 +137,6 @@ def dead_states(list socks, label="socks[{}]"):
             raise OSError(<int>-rc, f"poll over {n} fds failed: {os.strerror(<int>-rc)}")
         return [(i, a[i], 1 if a[i] < 0 else states[i]) for i in range(n) if states[i] or a[i] < 0]
     finally:
-        free(a)
         free(states)
 
 
@@ -164,5 +150,5 @@ def tcp_info(int fd):
         rc = fk_get_tcp_info(fd, &t)
     if rc < 0:
         return (-rc, ())
-    return (0, (t.state, t.retransmits, t.probes, t.backoff, t.rtt_us, t.rttvar_us, t.last_data_recv_ms,
-                t.last_data_sent_ms, t.last_ack_recv_ms, t.unacked, t.lost, t.total_retrans))
+    return (0, (t.state, t.retransmits, t.probes, t.backoff, t.rtt, t.rttvar, t.last_data_recv,
+                t.last_data_sent, t.last_ack_recv, t.unacked, t.lost, t.total_retrans))

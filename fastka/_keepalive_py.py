@@ -16,7 +16,7 @@ from typing import List, Tuple
 
 from . import _platform
 from ._fd import borrow_socket, fd_of
-from ._liveness_py import find_dead
+from ._liveness_py import dead_fds
 
 _SOCKET_ONLY = {socket.socket}
 _SOCKET_FILENO = socket.socket.fileno  # the C method, called from C by map()
@@ -44,10 +44,10 @@ def dead_states(socks: List[object], label: str = "socks[{}]") -> List[Tuple[int
             numbers = list(map(_SOCKET_FILENO, socks))  # type: ignore[arg-type]
         else:
             numbers = [s if type(s) is int else fd_of(s, closed_ok=True) for s in socks]
-        states = find_dead(numbers)  # poll's register refuses a negative or out-of-range fd
+        states = dead_fds(numbers)  # poll's register refuses a negative or out-of-range fd
     except Exception:  # None, closed, or bad: fd_of takes them in order and raises what is first
         numbers = fds(socks, label, closed_ok=True)
-        states = find_dead([fd for fd in numbers if fd >= 0])
+        states = dead_fds([fd for fd in numbers if fd >= 0])
         if -1 in numbers:
             states[-1] = 1
     if not states:

@@ -58,7 +58,7 @@ _POLL_EVENTS = (POLLRDHUP or select.POLLIN) if _HAVE_POLL else 0
 _GONE = (select.POLLERR | select.POLLHUP | POLLRDHUP) if _HAVE_POLL else 0
 
 
-def find_dead(fds: List[int]) -> Dict[int, int]:
+def dead_fds(fds: List[int]) -> Dict[int, int]:
     """``{fd: state}`` for each fd of ``fds`` (0..INT_MAX: poll's register raises
     ValueError/OverflowError/TypeError for anything else) that is dead (state 1) or not
     open (state -EBADF), from one zero-timeout poll; the live ones are left out.
@@ -69,7 +69,7 @@ def find_dead(fds: List[int]) -> Dict[int, int]:
     pending error is consumed. Mirrors fk_find_dead in src/liveness.c.
     """
     if not _HAVE_POLL:  # select() in chunks under its FD_SETSIZE
-        return _find_dead_select(fds)
+        return _dead_fds_select(fds)
     p = select.poll()
     register = p.register
     for fd in fds:
@@ -85,8 +85,8 @@ def find_dead(fds: List[int]) -> Dict[int, int]:
     return states
 
 
-def _find_dead_select(fds: Iterable[int]) -> Dict[int, int]:
-    """find_dead through select() (no poll): a readable socket whose peek is not data is dead."""
+def _dead_fds_select(fds: Iterable[int]) -> Dict[int, int]:
+    """dead_fds through select() (no poll): a readable socket whose peek is not data is dead."""
     states = dict.fromkeys(fds, 0)
     todo = list(states)
     for base in range(0, len(todo), 500):

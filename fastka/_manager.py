@@ -17,18 +17,17 @@ import os
 import numbers
 import socket
 import sys
-from typing import Any, Callable, NamedTuple, Optional, cast
+from typing import Any, Callable, Concatenate, NamedTuple, Optional, ParamSpec, cast
 
 from . import _jitter
 from ._config import KeepaliveConfig, Seconds
 from ._fd import borrow_socket
-from ._types import Event
+from ._types import GRACEFUL, Event
 
 MAX_TIMEOUT = 1e9  # seconds (~31.7 years): the largest idle_timeout / max_lifetime
 MAX_REQUESTS = 2**29 - 1  # the largest max_requests (FK_MAX_REQUESTS: the C slot keeps a 29-bit count)
 MAX_WAIT_MS = 2**31 - 1  # the longest single poller wait; longer waits loop
 DRAIN_CHECK_MS = 100  # how often a half-closed, unread, unwatched connection is re-checked
-GRACEFUL = (Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME)  # closed with a FIN first
 
 
 def timeout_ms(name: str, value: object) -> Optional[int]:
@@ -118,6 +117,17 @@ class Settings(NamedTuple):
     close: bool
     watch_readable: bool
 
+    def c_options(self) -> "tuple[int, ...]":
+        """The fields named in C_OPTIONS, in that order, as the C core takes them: None
+        as -1, a bool as 0 or 1."""
+        return tuple(-1 if value is None else int(value) for value in (getattr(self, name) for name in C_OPTIONS))
+
+
+C_OPTIONS = ("idle_ms", "watch_readable")
+"""The Settings the compiled manager's C core reads: setup.py reads this tuple (from the
+source) into tables.h's ``union fk_options``, where src/manager.c finds each by name
+(``m->opt.idle_ms``) and the binding fills them in this order."""
+
 
 def settings(
     idle_timeout: Optional[Seconds] = 75.0,
@@ -150,6 +160,14 @@ def public_signature(sig: inspect.Signature) -> inspect.Signature:
 
 SIGNATURE = public_signature(inspect.signature(settings))
 """``KeepaliveManager.__signature__`` on both backends (what inspect.signature and help show)."""
+
+_P = ParamSpec("_P")
+
+
+def parameters_of(source: Callable[_P, Any]) -> Callable[[Callable[..., None]], Callable[Concatenate[Any, _P], None]]:
+    """A decorator giving an ``__init__(self, *args, **kwargs)`` the parameters of
+    ``source`` (``settings``) for type checkers; at run time it returns the method as it is."""
+    return lambda init: init
 
 DOC = """Track many keep-alive connections on one poller (epoll on Linux): idle timeouts,
 request and lifetime limits, and peer close / reset / keepalive-timeout detection.
@@ -237,6 +255,14 @@ def check_stream(fd: int, kind: Optional[int]) -> None:
 def reinit_error() -> RuntimeError:
     """__init__ called again on an open manager (it would forget every connection)."""
     return RuntimeError("KeepaliveManager.__init__ called on a manager that is already open; make a new one")
+
+
+def busy_error(call: str) -> RuntimeError:
+    """``call`` ("poll" or "close") while another thread is inside poll(): one poll() at a
+    time, and the manager's state stays until it returns."""
+    if call == "poll":
+        return RuntimeError("KeepaliveManager.poll() is already running in another thread")
+    return RuntimeError("cannot close a KeepaliveManager while another thread is inside poll()")
 
 
 def close_dropped(obj: Any, fd: int, event: Event) -> None:

@@ -1,4 +1,4 @@
-# Declarations of the manager C core (src/manager.h, src/events.h), shared with fastka/_manager_c.pyx.
+# Declarations of the manager C core (src/manager.h, tables.h), shared with fastka/_manager_c.pyx.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -20,13 +20,14 @@ cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
     int getsockopt(int fd, int level, int name, void *value, socklen_t *length)
 
-cdef extern from "events.h" nogil:
-    enum fk_event:  # the codes the binding itself names; the rest come through fk_event_names
+cdef extern from "tables.h" nogil:  # written by setup.py: see fastka/_types.py, fastka/_manager.py
+    enum fk_event:  # the codes the binding itself names
         FK_EV_NONE
         FK_EV_READABLE
     enum:
-        FK_EV_LIMIT
-    const char *const fk_event_names[]
+        FK_NOPTIONS
+    union fk_options:
+        int64_t at[FK_NOPTIONS]
 
 cdef extern from "manager.h" nogil:
     enum:
@@ -42,7 +43,7 @@ cdef extern from "manager.h" nogil:
         uint32_t count
         uint32_t ndraining
 
-    int fk_mgr_init(fk_manager *m, int64_t idle_ms, int watch)
+    int fk_mgr_init(fk_manager *m, const fk_options *opt)
     void fk_mgr_destroy(fk_manager *m)
     int64_t fk_mgr_now()
     int fk_mgr_has(const fk_manager *m, int fd)

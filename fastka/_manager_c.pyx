@@ -34,24 +34,8 @@ from ._types import Event
 
 __all__ = ["KeepaliveManager"]
 
-def _event_codes():
-    """src/events.h's table as {name: code}."""
-    return {fk_event_names[code].decode(): code for code in range(FK_EV_LIMIT) if fk_event_names[code] != NULL}
-
-
-EVENT_CODES = _event_codes()  # tests tie it to fastka.Event
 MAX_REQUESTS_C = FK_MAX_REQUESTS  # the C slot's limit (tests tie it to the shared one)
-
-
-def _by_code():
-    """Event members indexed by their C code; None at FK_EV_NONE ("nothing to report")."""
-    table = [None] * FK_EV_LIMIT
-    for name, code in EVENT_CODES.items():
-        table[code] = Event[name]
-    return tuple(table)
-
-
-cdef tuple EVENTS = _by_code()
+cdef tuple EVENTS = tuple(map({int(e): e for e in Event}.get, range(max(Event) + 1)))  # by C code (tables.h is written from Event)
 cdef object SOCKET = socket.socket
 cdef object READABLE = Event.READABLE
 cdef object MAX_REQUESTS = Event.MAX_REQUESTS
@@ -82,6 +66,7 @@ cdef class KeepaliveManager:
 
     def __init__(self, *args, **kwargs):
         """Arguments as ``fastka._manager.settings`` takes them (see the class)."""
+        cdef fk_options opt
         if self._open:
             raise common.reinit_error()
         s = common.settings(*args, **kwargs)
@@ -102,7 +87,12 @@ cdef class KeepaliveManager:
             self._evs = <epoll_event *>malloc(FK_NEVENTS * sizeof(epoll_event))
             if self._evs == NULL:
                 raise MemoryError()
-        r = fk_mgr_init(&self.m, -1 if s.idle_ms is None else s.idle_ms, 1 if s.watch_readable else 0)
+        options = s.c_options()
+        if len(options) != FK_NOPTIONS:  # built from another fastka/_manager.py
+            raise RuntimeError(f"the compiled manager takes {FK_NOPTIONS} options, fastka._manager gives {len(options)}: rebuild it")
+        for i, value in enumerate(options):
+            opt.at[i] = value
+        r = fk_mgr_init(&self.m, &opt)
         if r < 0:
             raise OSError(-r, f"cannot create the manager's epoll set: {os.strerror(-r)}")
         self._open = True
@@ -288,7 +278,7 @@ cdef class KeepaliveManager:
         limit_ms = common.poll_timeout_ms(timeout)
         self._check_open()
         if self._polling:
-            raise RuntimeError("KeepaliveManager.poll() is already running in another thread")
+            raise common.busy_error("poll")
         self._polling = True
         try:
             return self._poll(limit_ms)
@@ -400,7 +390,7 @@ cdef class KeepaliveManager:
         if not self._open:
             return
         if self._polling:
-            raise RuntimeError("cannot close a KeepaliveManager while another thread is inside poll()")
+            raise common.busy_error("close")
         self._open = False
         fk_mgr_destroy(&self.m)
         self._objs = []

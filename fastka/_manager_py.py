@@ -65,6 +65,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 from . import _manager as common
+from ._config import KeepaliveConfig
 from ._fd import fd_of
 from ._liveness_py import PEEK_DATA, PEEK_EMPTY, PEEK_EOF, error_event, peek, pending_error
 from ._types import Event
@@ -83,9 +84,10 @@ class _Poller:
     """
 
     def __init__(self) -> None:
-        self._ep = select.epoll() if hasattr(select, "epoll") else None
-        self._src = None
-        self._sel = None
+        # Either _ep and _src (epoll) or _sel (a selector), as the platform has epoll.
+        self._ep: Any = select.epoll() if hasattr(select, "epoll") else None
+        self._src: Any = None
+        self._sel: Any = None
         if self._ep is not None:
             self._src = select.epoll()
             self._src.register(self._ep.fileno(), select.EPOLLIN)
@@ -95,9 +97,8 @@ class _Poller:
         self.reports_rdhup = self.tracks_files = self._ep is not None
 
     def fileno(self) -> int:
-        if self._src is not None:
-            return self._src.fileno()
-        fileno = getattr(self._sel, "fileno", None)  # kqueue, devpoll have one
+        poller = self._src if self._src is not None else self._sel
+        fileno: Optional[Callable[[], int]] = getattr(poller, "fileno", None)  # epoll, kqueue, devpoll have one
         if fileno is None:
             raise io.UnsupportedOperation(
                 f"{type(self._sel).__name__} has no fd to nest in an event loop on {sys.platform}: use next_deadline()"
@@ -260,6 +261,7 @@ class KeepaliveManager:
     __doc__ = common.DOC
     __signature__ = common.SIGNATURE
 
+    @common.parameters_of(common.settings)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Arguments as ``fastka._manager.settings`` takes them (see the class)."""
         if getattr(self, "_closed", True) is False:
@@ -449,7 +451,7 @@ class KeepaliveManager:
                 raise OSError(exc.errno, f"cannot add fd {fd}: {os.strerror(exc.errno or errno.EBADF)}") from None
             common.check_stream(fd, kind)
             if self._keepalive is not None:
-                self._apply_keepalive(sock, fd)
+                self._apply_keepalive(fd, self._keepalive)
             life_ms, limit = self._limits.draw()
             try:
                 self._poller.register(fd, self._watch)
@@ -464,12 +466,12 @@ class KeepaliveManager:
                 heapq.heappush(self._life, (c.dies, c.seq, fd))
             self._arm(now)
 
-    def _apply_keepalive(self, sock: Any, fd: int) -> None:
+    def _apply_keepalive(self, fd: int, config: KeepaliveConfig) -> None:
         """set_keepalive's plan, skipped where the socket carries the config already
         (inherited from a listener)."""
         from . import _keepalive, _keepalive_py
 
-        _keepalive.carry(_keepalive_py, fd, self._keepalive)
+        _keepalive.carry(_keepalive_py, fd, config)
 
     def _find(self, sock: Any) -> _Conn:
         """The slot of tracked ``sock``, or KeyError. Called without the lock (it asks
@@ -558,7 +560,7 @@ class KeepaliveManager:
         with self._lock:
             self._check_open()
             if self._polling:
-                raise RuntimeError("KeepaliveManager.poll() is already running in another thread")
+                raise common.busy_error("poll")
             self._polling = True
         try:
             return self._poll(limit_ms)
@@ -708,7 +710,7 @@ class KeepaliveManager:
             if self._closed:
                 return
             if self._polling:
-                raise RuntimeError("cannot close a KeepaliveManager while another thread is inside poll()")
+                raise common.busy_error("close")
             self._closed = True
             self._alarm.close()
             self._conns.clear()

@@ -65,54 +65,37 @@ class Platform:
     legacy_count: Optional[int] = None
 
 
-LINUX = Platform(
-    "linux", "Linux",
-    idle=Option("TCP_KEEPIDLE", 4, "s"),
-    interval=Option("TCP_KEEPINTVL", 5, "s"),
-    count=Option("TCP_KEEPCNT", 6, "probes"),
-    user_timeout=Option("TCP_USER_TIMEOUT", 18, "ms"),
-    # include/net/tcp.h: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL 32767; MAX_TCP_KEEPCNT 127.
-    limits=Limits(idle=(1, 32767), interval=(1, 32767), count=(1, 127), user_timeout_ms=(0, 2**31 - 1)),
-)
-DARWIN = Platform(
-    "darwin", "macOS",
-    idle=Option("TCP_KEEPALIVE", 0x10, "s"),
-    interval=Option("TCP_KEEPINTVL", 0x101, "s"),
-    count=Option("TCP_KEEPCNT", 0x102, "probes"),
-    user_timeout=Option("TCP_RXT_CONNDROPTIME", 0x80, "s"),
-    # XNU: 0..UINT32_MAX / TCP_RETRANSHZ (1000) seconds, count an int32.
-    limits=Limits(idle=(1, 4294967), interval=(1, 4294967), count=(1, 2**31 - 1),
-                  user_timeout_ms=(0, 2147483000)),
-)
-FREEBSD = Platform(
-    "freebsd", "FreeBSD",
-    idle=Option("TCP_KEEPIDLE", 256, "s"),
-    interval=Option("TCP_KEEPINTVL", 512, "s"),
-    count=Option("TCP_KEEPCNT", 1024, "probes"),
-    user_timeout=None,
-    # tcp(4): seconds, at most UINT_MAX / hz (hz = 1000 by default).
-    limits=Limits(idle=(1, 4294967), interval=(1, 4294967), count=(1, 2**31 - 1), user_timeout_ms=None),
-)
-SUNOS = Platform(
-    "sunos", "Solaris/illumos",
-    idle=Option("TCP_KEEPIDLE", 0x22, "s"),
-    interval=Option("TCP_KEEPINTVL", 0x24, "s"),
-    count=Option("TCP_KEEPCNT", 0x23, "probes"),
-    user_timeout=None,
-    # tcp_keepalive_interval's range: 10 seconds to 10 days.
-    limits=Limits(idle=(10, 864000), interval=(1, 864000), count=(1, 2**31 - 1), user_timeout_ms=None),
-)
-WINDOWS = Platform(
-    "win32", "Windows",
-    idle=Option("TCP_KEEPIDLE", 3, "s"),
-    interval=Option("TCP_KEEPINTVL", 17, "s"),
-    count=Option("TCP_KEEPCNT", 16, "probes"),
-    user_timeout=Option("TCP_MAXRT", 5, "s"),
-    # SIO_KEEPALIVE_VALS holds ULONG milliseconds; fastka stays within INT_MAX ms.
-    limits=Limits(idle=(1, 2147483), interval=(1, 2147483), count=(1, 255), user_timeout_ms=(0, 2147483000)),
-    legacy_ioctl="SIO_KEEPALIVE_VALS",
-    legacy_count=10,
-)
+def _table(
+    name: str, title: str, numbers: Tuple[int, int, int], user_timeout: Optional[Option], limits: Limits,
+    idle_name: str = "TCP_KEEPIDLE", legacy_ioctl: Optional[str] = None, legacy_count: Optional[int] = None,
+) -> Platform:
+    """A Platform whose idle, interval and count options have the usual names (``idle_name``,
+    TCP_KEEPINTVL, TCP_KEEPCNT) and units (seconds, seconds, probes); ``numbers`` are
+    their option numbers."""
+    idle, interval, count = numbers
+    return Platform(
+        name, title, Option(idle_name, idle, "s"), Option("TCP_KEEPINTVL", interval, "s"),
+        Option("TCP_KEEPCNT", count, "probes"), user_timeout, limits, legacy_ioctl, legacy_count,
+    )
+
+
+# include/net/tcp.h: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL 32767; MAX_TCP_KEEPCNT 127.
+LINUX = _table("linux", "Linux", (4, 5, 6), Option("TCP_USER_TIMEOUT", 18, "ms"),
+               Limits(idle=(1, 32767), interval=(1, 32767), count=(1, 127), user_timeout_ms=(0, 2**31 - 1)))
+# XNU: 0..UINT32_MAX / TCP_RETRANSHZ (1000) seconds, count an int32.
+DARWIN = _table("darwin", "macOS", (0x10, 0x101, 0x102), Option("TCP_RXT_CONNDROPTIME", 0x80, "s"),
+                Limits(idle=(1, 4294967), interval=(1, 4294967), count=(1, 2**31 - 1), user_timeout_ms=(0, 2147483000)),
+                idle_name="TCP_KEEPALIVE")
+# tcp(4): seconds, at most UINT_MAX / hz (hz = 1000 by default).
+FREEBSD = _table("freebsd", "FreeBSD", (256, 512, 1024), None,
+                 Limits(idle=(1, 4294967), interval=(1, 4294967), count=(1, 2**31 - 1), user_timeout_ms=None))
+# tcp_keepalive_interval's range: 10 seconds to 10 days.
+SUNOS = _table("sunos", "Solaris/illumos", (0x22, 0x24, 0x23), None,
+               Limits(idle=(10, 864000), interval=(1, 864000), count=(1, 2**31 - 1), user_timeout_ms=None))
+# SIO_KEEPALIVE_VALS holds ULONG milliseconds; fastka stays within INT_MAX ms.
+WINDOWS = _table("win32", "Windows", (3, 17, 16), Option("TCP_MAXRT", 5, "s"),
+                 Limits(idle=(1, 2147483), interval=(1, 2147483), count=(1, 255), user_timeout_ms=(0, 2147483000)),
+                 legacy_ioctl="SIO_KEEPALIVE_VALS", legacy_count=10)
 
 PLATFORMS: Dict[str, Platform] = {p.name: p for p in (LINUX, DARWIN, FREEBSD, SUNOS, WINDOWS)}
 
@@ -129,18 +112,8 @@ def _generic(name: str) -> Platform:
     """A table for a platform fastka does not know: Python's own constants (-1 where
     Python has none, so that the option call fails with an error naming the option),
     no user timeout, and the narrowest limits of the known platforms."""
-
-    def option(opt: str, unit: str) -> Option:
-        return Option(opt, getattr(socket, opt, -1), unit)
-
-    return Platform(
-        name, name,
-        idle=option("TCP_KEEPIDLE", "s"),
-        interval=option("TCP_KEEPINTVL", "s"),
-        count=option("TCP_KEEPCNT", "probes"),
-        user_timeout=None,
-        limits=Limits(idle=(10, 32767), interval=(1, 32767), count=(1, 127), user_timeout_ms=None),
-    )
+    numbers = (getattr(socket, "TCP_KEEPIDLE", -1), getattr(socket, "TCP_KEEPINTVL", -1), getattr(socket, "TCP_KEEPCNT", -1))
+    return _table(name, name, numbers, None, Limits(idle=(10, 32767), interval=(1, 32767), count=(1, 127), user_timeout_ms=None))
 
 
 def _current() -> Platform:

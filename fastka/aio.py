@@ -49,7 +49,7 @@ from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 from . import _backends, _jitter, _manager
 from ._config import KeepaliveConfig
-from ._types import Event
+from ._types import DEAD, GRACEFUL, Event
 
 __all__ = ["KeepaliveReaper", "OnEvent", "IO_CHECK"]
 
@@ -66,8 +66,6 @@ DRAIN_TIMEOUT = 5.0
 """Seconds: the default ``drain_timeout``, the longest a graceful close may spend flushing
 what the transport still buffers before the reaper aborts it."""
 
-_GRACEFUL = frozenset((Event.IDLE, Event.MAX_REQUESTS, Event.MAX_LIFETIME))
-_DEAD = frozenset((Event.RESET, Event.TIMED_OUT, Event.ERROR))
 _TRANSPORT_METHODS = ("get_extra_info", "is_closing", "close", "abort", "get_write_buffer_size")
 
 OnEvent = Callable[[asyncio.WriteTransport, Event], object]
@@ -340,12 +338,12 @@ class KeepaliveReaper:
 
     def _act(self, transport: asyncio.WriteTransport, event: Event) -> None:
         try:
-            if event in _GRACEFUL:
+            if event in GRACEFUL:
                 transport.close()
                 if transport.get_write_buffer_size():
                     assert self._loop is not None
                     self._draining.append((self._loop.time() + self._drain_timeout, transport))
-            elif event in _DEAD:
+            elif event in DEAD:
                 transport.abort()
         except Exception as exc:
             self._report(f"fastka.aio.KeepaliveReaper: closing a transport on {event.name} failed", exc, transport)

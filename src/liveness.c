@@ -108,18 +108,9 @@ int fk_get_tcp_info(int fd, struct fk_tcp_info *info)
     memset(&ti, 0, sizeof ti);
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
         return -errno;
-    info->state = ti.tcpi_state;
-    info->retransmits = ti.tcpi_retransmits;
-    info->probes = ti.tcpi_probes;
-    info->backoff = ti.tcpi_backoff;
-    info->rtt_us = ti.tcpi_rtt;
-    info->rttvar_us = ti.tcpi_rttvar;
-    info->last_data_recv_ms = ti.tcpi_last_data_recv;
-    info->last_data_sent_ms = ti.tcpi_last_data_sent;
-    info->last_ack_recv_ms = ti.tcpi_last_ack_recv;
-    info->unacked = ti.tcpi_unacked;
-    info->lost = ti.tcpi_lost;
-    info->total_retrans = ti.tcpi_total_retrans;
+#define COPY(name) info->name = ti.tcpi_##name;
+    FK_TCP_INFO_FIELDS(COPY)
+#undef COPY
     return 0;
 #else
     (void)fd;

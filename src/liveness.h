@@ -4,10 +4,10 @@
 
 #include <stddef.h>
 
-#include "events.h"
+#include "tables.h"
 
-/* The event for a socket error: ETIMEDOUT -> TIMED_OUT, ECONNRESET/EPIPE -> RESET,
- * anything else -> ERROR. */
+/* The event (enum fk_event) a pending socket error reports: the mapping of
+ * fastka/_liveness_py.py's error_event. */
 int fk_error_event(int err);
 
 /* The pending socket error (SO_ERROR, which reading clears), or the errno of the
@@ -27,14 +27,17 @@ int fk_peek(int fd);
  * Returns the number of dead fds, or -errno when poll itself fails. */
 long fk_find_dead(const int *fds, size_t n, int *dead);
 
-/* The fields of Linux's struct tcp_info that fastka.TcpInfo reports, in the kernel's
- * units (rtt in microseconds, last_* in milliseconds). */
+/* The fields of Linux's struct tcp_info (tcpi_<name>) that fastka.TcpInfo reports, in its
+ * order and in the kernel's units (rtt, rttvar in microseconds, last_* in milliseconds). */
+#define FK_TCP_INFO_FIELDS(X)                                  \
+    X(state) X(retransmits) X(probes) X(backoff) X(rtt) X(rttvar) \
+    X(last_data_recv) X(last_data_sent) X(last_ack_recv) X(unacked) X(lost) X(total_retrans)
+
+#define FK_TCP_INFO_FIELD(name) unsigned name;
 struct fk_tcp_info {
-    unsigned state, retransmits, probes, backoff;
-    unsigned rtt_us, rttvar_us;
-    unsigned last_data_recv_ms, last_data_sent_ms, last_ack_recv_ms;
-    unsigned unacked, lost, total_retrans;
+    FK_TCP_INFO_FIELDS(FK_TCP_INFO_FIELD)
 };
+#undef FK_TCP_INFO_FIELD
 
 /* getsockopt(TCP_INFO) into *info: 0, or -errno. An older kernel's shorter struct leaves
  * the fields it lacks at 0. -ENOPROTOOPT where the platform has no Linux TCP_INFO. */

@@ -100,7 +100,7 @@ static uint64_t tag(uint32_t seq, int fd)
  * turns off, on every wait until the data is read. The caller re-checks it on a timer. */
 static uint32_t interest(const struct fk_manager *m)
 {
-    return (m->watch ? EPOLLIN : 0) | EPOLLRDHUP;
+    return (m->opt.watch_readable ? EPOLLIN : 0) | EPOLLRDHUP;
 }
 
 /* A new epoll set holding the wake-up and timer fds (sequence number 0: no slot). */
@@ -121,7 +121,7 @@ static int control_set(const struct fk_manager *m)
     return -err;
 }
 
-int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int watch)
+int fk_mgr_init(struct fk_manager *m, const union fk_options *opt)
 {
     struct epoll_event ev = {.events = EPOLLIN};
     int err;
@@ -129,8 +129,7 @@ int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int watch)
     m->epfd = m->srcfd = m->wakefd = m->timerfd = -1;
     m->idle.head = m->idle.tail = FK_NIL;
     m->queue.head = m->queue.tail = FK_NIL;
-    m->idle_ms = idle_ms;
-    m->watch = watch;
+    m->opt = *opt;
     m->armed = INT64_MAX;
     m->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (m->wakefd < 0)
@@ -288,8 +287,8 @@ int64_t fk_mgr_earliest(const struct fk_manager *m)
     int64_t best = INT64_MAX;
     if (m->queue.head != FK_NIL)
         return INT64_MIN;
-    if (m->idle_ms >= 0 && m->idle.head != FK_NIL)
-        best = m->slots[m->idle.head].last + m->idle_ms;
+    if (m->opt.idle_ms >= 0 && m->idle.head != FK_NIL)
+        best = m->slots[m->idle.head].last + m->opt.idle_ms;
     if (m->nheap && m->slots[m->heap[0]].dies < best)
         best = m->slots[m->heap[0]].dies;
     return best;
@@ -382,7 +381,7 @@ int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now)
 {
     struct fk_slot *s = &m->slots[fd];
     int p;
-    if (m->watch && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) == EPOLLIN) {
+    if (m->opt.watch_readable && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) == EPOLLIN) {
         s->last = now;
         idle_unlink(m, &m->idle, fd);
         idle_append(m, &m->idle, fd);
@@ -399,7 +398,7 @@ int fk_mgr_classify(struct fk_manager *m, int fd, uint32_t events, int64_t now)
     if (p == FK_PEEK_EOF)
         return FK_EV_PEER_CLOSED;
     if (p == FK_PEEK_DATA) {
-        if (m->watch) {
+        if (m->opt.watch_readable) {
             s->last = now;
             idle_unlink(m, &m->idle, fd);
             idle_append(m, &m->idle, fd);
@@ -455,15 +454,15 @@ int fk_mgr_next_expired(const struct fk_manager *m, int64_t now, int *event)
         best = m->heap[0];
         bd = m->slots[best].dies;
     }
-    if (m->idle_ms >= 0) {
+    if (m->opt.idle_ms >= 0) {
         /* the first idle-expired connection whose lifetime is not also over */
         for (fd = m->idle.head; fd != FK_NIL; fd = m->slots[fd].inext) {
             const struct fk_slot *s = &m->slots[fd];
-            if (s->last + m->idle_ms > now)
+            if (s->last + m->opt.idle_ms > now)
                 break;
             if (s->lpos != FK_NIL && s->dies <= now)
                 continue;
-            if (best == FK_NIL || before(s->last + m->idle_ms, s->seq, 1, bd, m->slots[best].seq, bk)) {
+            if (best == FK_NIL || before(s->last + m->opt.idle_ms, s->seq, 1, bd, m->slots[best].seq, bk)) {
                 best = fd;
                 bk = 1;
             }

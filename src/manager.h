@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 
-#include "events.h"
+#include "tables.h"
 
 #define FK_NIL (-1)
 #define FK_MAX_REQUESTS ((1u << 29) - 1) /* the largest max_requests (a 29-bit count) */
@@ -51,12 +51,11 @@ struct fk_manager {
     int32_t cap, nheap;
     uint32_t count, seq, ndraining;
     struct fk_list idle, queue;
-    int64_t idle_ms;          /* -1: never */
-    int watch;                /* EPOLLIN interest */
+    union fk_options opt;     /* the settings (fastka/_manager.py's C_OPTIONS) */
 };
 
-/* 0 or -errno. idle_ms -1 for never. */
-int fk_mgr_init(struct fk_manager *m, int64_t idle_ms, int watch);
+/* 0 or -errno. */
+int fk_mgr_init(struct fk_manager *m, const union fk_options *opt);
 /* Close the descriptors and free the slots; the struct is left empty and unusable (every
  * fd -1, no slots), so a late call fails instead of touching another manager's set. */
 void fk_mgr_destroy(struct fk_manager *m);

@@ -597,8 +597,7 @@ def test_signature_and_docstring_are_the_shared_ones(backend):
 
     cls = backend.KeepaliveManager
     sig = inspect.signature(cls)
-    assert list(sig.parameters) == ["idle_timeout", "max_requests", "max_lifetime", "keepalive", "close",
-                                    "watch_readable", "jitter"]
+    assert not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values())
     assert sig.parameters["idle_timeout"].default == 75.0 and sig.parameters["jitter"].default == 0.0
     assert sig == _manager.SIGNATURE and cls.__doc__ == _manager.DOC
     text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
