@@ -615,7 +615,10 @@ def test_crashed_worker_is_restarted(serve):
     rows = wait_status(s, lambda st: {r["pid"] for r in st["workers"]} == children(s.proc.pid))["workers"]
     victim = rows[0]["pid"]
     os.kill(victim, signal.SIGKILL)
-    while alive(victim):  # gone with its listening socket (a connection queued there is reset)
+    # Wait until the supervisor has reaped it: only then are its listening socket and its
+    # queue gone (a leader is a zombie while its other threads, such as the fallback's
+    # alarm thread, still hold the fds; a connection queued there meanwhile is reset).
+    while os.path.exists(f"/proc/{victim}"):
         time.sleep(0.01)
     rows = wait_status(s, lambda st: st["workers"][0]["pid"] != victim and st["workers"][0]["restarts"]
                        and st["workers"][0]["pid"] in children(s.proc.pid))["workers"]
