@@ -167,7 +167,7 @@ class TCPConnector(aiohttp.TCPConnector):
 
     def _close(self, *args: Any, **kwargs: Any) -> List[Awaitable[object]]:
         try:
-            return super()._close(*args, **kwargs)  # type: ignore[no-any-return]
+            return super()._close(*args, **kwargs)
         finally:
             if self._fastka_epoll is not None:
                 self._fastka_epoll.close()
